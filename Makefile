@@ -1,0 +1,47 @@
+# The project's commands. `make test` installs everything it needs on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+PYTEST_ARGS ?=
+
+.PHONY: setup system-deps test unit integration lint proto docs demo clean
+
+setup: $(STAMP) system-deps
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip==25.3
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+system-deps:
+	@./scripts/install-system-deps.sh
+
+test: setup unit integration
+
+unit: $(STAMP)
+	$(BIN)/pytest tests $(PYTEST_ARGS)
+
+integration: setup
+	$(BIN)/pytest integration_tests $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy shared cli proto/generate.py
+
+proto: $(STAMP)
+	$(BIN)/python -m proto.generate
+
+docs: $(STAMP)
+	$(BIN)/mlnode-upgrade events docs --out docs
+
+demo: setup
+	@echo "make demo: the end-to-end upgrade demo arrives with the local stack (issue 7)." >&2
+	@exit 1
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info

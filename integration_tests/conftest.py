@@ -1,0 +1,40 @@
+"""Fixtures that start real processes: a nats-server per test, on a free port, in its own data dir."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from shared.bus import Bus
+from shared.embedded_nats import EmbeddedNats
+from shared.settings import NatsSettings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    server = EmbeddedNats(tmp_path / "nats")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def nats_settings(nats_server: EmbeddedNats) -> NatsSettings:
+    return NatsSettings(url=nats_server.url, connect_timeout_s=1.0, request_timeout_s=2.0)
+
+
+@pytest.fixture
+async def bus(nats_settings: NatsSettings) -> AsyncIterator[Bus]:
+    connected = await Bus.connect(nats_settings, "it")
+    await connected.ensure_streams()
+    yield connected
+    await connected.close()

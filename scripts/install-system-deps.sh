@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs the system packages the tests and the local stack need (nginx), from Debian's
+# packages, only where missing. Never starts the distribution's own nginx service.
+set -euo pipefail
+
+have_nginx() { command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; }
+have_nginx && exit 0
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+    echo "nginx is missing and this user cannot install it: install Debian's 'nginx' package" >&2
+    exit 1
+  fi
+fi
+
+echo "installing nginx from apt" >&2
+policy=/usr/sbin/policy-rc.d
+created_policy=0
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null && $SUDO chmod +x "$policy" && created_policy=1
+fi
+trap '[ "$created_policy" = 1 ] && $SUDO rm -f "$policy"' EXIT
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nginx >/dev/null
+have_nginx || { echo "nginx install failed" >&2; exit 1; }
