@@ -31,7 +31,7 @@ integration: setup
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy shared cli proto/generate.py
+	$(BIN)/mypy shared cli proto/generate.py mock_mlnode
 
 proto: $(STAMP)
 	$(BIN)/python -m proto.generate
