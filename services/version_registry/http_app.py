@@ -1,0 +1,50 @@
+"""The registry over HTTP: state, history, rollback, and the ops routes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import FastAPI, HTTPException, Query
+
+from services.version_registry.core import RollbackRefused
+from services.version_registry.service import RegistryService
+from shared.ops_app import ReadinessCheck, add_ops_routes
+from shared.registry_api import HistoryReply, RegistryState, RollbackRequest
+
+__all__ = ["create_http_app"]
+
+
+def create_http_app(service: RegistryService) -> FastAPI:
+    app = FastAPI(title="mlnode-upgrade version-registry")
+
+    async def synced() -> bool:
+        return service.latest.state.core.initialized
+
+    add_ops_routes(
+        app,
+        service.metrics,
+        [
+            ReadinessCheck("nats", lambda: service.bus.nc.is_connected),
+            ReadinessCheck("jetstream", service.bus.jetstream_ready),
+            ReadinessCheck("synced_with_chain", synced),
+        ],
+        service="version-registry",
+    )
+
+    @app.get("/state")
+    async def state() -> RegistryState:
+        return await service.state()
+
+    @app.get("/history")
+    async def history(limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> HistoryReply:
+        return await service.history(limit)
+
+    @app.post("/rollback")
+    async def rollback(request: RollbackRequest) -> RegistryState:
+        try:
+            stored = await service.rollback(request)
+        except RollbackRefused as exc:
+            raise HTTPException(status_code=409, detail=str(exc)) from None
+        return stored.state.core.view(stored.revision or 0)
+
+    return app
