@@ -8,6 +8,7 @@ of "the server restarted" needs.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -17,10 +18,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
 from shared.logging import get_logger
+from shared.nats_config import ClusterConfig, NatsUser, render_server_config
 
 log = get_logger(__name__)
 
@@ -59,6 +62,7 @@ class EmbeddedNats:
         name: str = "mlnode-upgrade",
         extra_args: tuple[str, ...] = (),
         startup_timeout_s: float = 15.0,
+        config: Callable[[EmbeddedNats], str] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
@@ -67,6 +71,7 @@ class EmbeddedNats:
         self.name = name
         self.extra_args = extra_args
         self.startup_timeout_s = startup_timeout_s
+        self.config = config  # renders a config file (users, cluster, TLS); flags are used without one
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -84,7 +89,13 @@ class EmbeddedNats:
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def config_path(self) -> Path:
+        return self.data_dir / "nats-server.conf"
+
     def command(self) -> list[str]:
+        if self.config is not None:
+            return [find_nats_server(), "-c", str(self.config_path), *self.extra_args]
         return [
             find_nats_server(),
             "--jetstream",
@@ -100,6 +111,17 @@ class EmbeddedNats:
         if self.is_running():
             return self
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.config is not None:
+            self.config_path.write_text(self.config(self))
+        self._spawn()
+        self._wait_ready()
+        log.info(
+            "nats-server started", extra={"url": self.url, "pid": self.pid, "data_dir": str(self.data_dir)}
+        )
+        return self
+
+    def _spawn(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log_file:
             self._proc = subprocess.Popen(
                 self.command(),
@@ -108,11 +130,17 @@ class EmbeddedNats:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        self._wait_ready()
-        log.info(
-            "nats-server started", extra={"url": self.url, "pid": self.pid, "data_dir": str(self.data_dir)}
-        )
-        return self
+
+    def meta_leader(self) -> str | None:
+        """The JetStream meta leader this server knows of (clusters only)."""
+        url = f"http://{self.host}:{self.monitor_port}/jsz"
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                info = json.loads(resp.read())
+        except (OSError, urllib.error.URLError, ValueError):
+            return None
+        leader = (info.get("meta_cluster") or {}).get("leader")
+        return str(leader) if leader else None
 
     def _wait_ready(self) -> None:
         """Ready means JetStream answers on the monitoring port, not just that the port is open."""
@@ -168,6 +196,95 @@ class EmbeddedNats:
             proc.wait(timeout=5)
 
     def __enter__(self) -> EmbeddedNats:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class EmbeddedNatsCluster:
+    """Three (or more) nats-servers routed into one JetStream cluster, each with its own data dir."""
+
+    def __init__(
+        self,
+        base_dir: Path,
+        size: int = 3,
+        *,
+        host: str = "127.0.0.1",
+        users: Sequence[NatsUser] = (),
+        cluster_name: str = "mlnode-upgrade",
+        startup_timeout_s: float = 30.0,
+    ) -> None:
+        if size < 1:
+            raise ValueError("a cluster needs at least one server")
+        self.host = host
+        self.users = tuple(users)
+        self.cluster_name = cluster_name
+        self.startup_timeout_s = startup_timeout_s
+        self.route_ports = [free_port(host) for _ in range(size)]
+        self.servers = [
+            EmbeddedNats(
+                Path(base_dir) / f"n{i}",
+                host=host,
+                name=f"n{i}",
+                startup_timeout_s=startup_timeout_s,
+                config=self._config_for(i),
+            )
+            for i in range(size)
+        ]
+
+    def _config_for(self, index: int) -> Callable[[EmbeddedNats], str]:
+        def render(server: EmbeddedNats) -> str:
+            routes = [f"nats-route://{self.host}:{p}" for j, p in enumerate(self.route_ports) if j != index]
+            return render_server_config(
+                server_name=server.name,
+                host=server.host,
+                port=server.port,
+                http_port=server.monitor_port,
+                store_dir=server.data_dir / "jetstream",
+                cluster=ClusterConfig(self.cluster_name, self.host, self.route_ports[index], routes),
+                users=self.users,
+            )
+
+        return render
+
+    @property
+    def url(self) -> str:
+        """All servers, comma-separated, as NatsSettings.url takes them."""
+        return ",".join(s.url for s in self.servers)
+
+    def start(self) -> EmbeddedNatsCluster:
+        procs = []
+        for server in self.servers:  # start all first: JetStream waits for its peers
+            server.data_dir.mkdir(parents=True, exist_ok=True)
+            assert server.config is not None
+            server.config_path.write_text(server.config(server))
+            procs.append(server)
+        for server in procs:
+            if not server.is_running():
+                server._spawn()
+        for server in procs:
+            server._wait_ready()
+        self._wait_for_meta_leader()
+        log.info("nats cluster started", extra={"url": self.url})
+        return self
+
+    def _wait_for_meta_leader(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            for server in self.servers:
+                if server.is_running() and server.meta_leader():
+                    return
+            time.sleep(0.05)  # polling a condition with a deadline
+        raise EmbeddedNatsError(f"no JetStream meta leader within {self.startup_timeout_s}s")
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+    def __enter__(self) -> EmbeddedNatsCluster:
         return self.start()
 
     def __exit__(
