@@ -27,6 +27,7 @@ def _s(version: object) -> str | None:
     return None if version is None else str(version)
 
 
+ADMIN_TOKEN = "test-admin-token"
 Raw = tuple[str, str]  # (subject, JSON) exactly as typed on the command line
 
 
@@ -43,6 +44,7 @@ class Registries:
             "VERSION_REGISTRY_HTTP_PORT": str(http_port),
             "VERSION_REGISTRY_GRPC_PORT": str(grpc_port),
             "VERSION_REGISTRY_ACK_WAIT_S": "2",
+            "VERSION_REGISTRY_ADMIN_TOKEN": ADMIN_TOKEN,
         }
         base = f"http://127.0.0.1:{http_port}"
         proc = ServiceProcess(
@@ -311,9 +313,13 @@ async def test_queries_over_nats_http_and_grpc(bus: Bus, registries: Registries)
         watch.cancel()
 
     async with httpx.AsyncClient() as client:
-        refused = await client.post(
-            f"{base}/rollback", json={"version": "v3.0.5", "actor": "ops", "reason": "again"}
-        )
+        body = {"version": "v3.0.5", "actor": "ops", "reason": "again"}
+        anonymous = await client.post(f"{base}/rollback", json=body)
+        assert anonymous.status_code == 401
+        wrong = await client.post(f"{base}/rollback", json=body, headers={"authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        auth = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+        refused = await client.post(f"{base}/rollback", json=body, headers=auth)
         assert refused.status_code == 409 and "already the current" in refused.json()["detail"]
         ready = await client.get(f"{base}/readyz")
         assert ready.status_code == 200 and ready.json()["checks"]["synced_with_chain"] == {"ok": True}

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hmac
 from typing import Annotated
 
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import FastAPI, Header, HTTPException, Query
 
 from services.version_registry.core import RollbackRefused
 from services.version_registry.service import RegistryService
@@ -39,8 +40,17 @@ def create_http_app(service: RegistryService) -> FastAPI:
     async def history(limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> HistoryReply:
         return await service.history(limit)
 
+    token = service.settings.resolved_admin_token()
+
     @app.post("/rollback")
-    async def rollback(request: RollbackRequest) -> RegistryState:
+    async def rollback(
+        request: RollbackRequest, authorization: Annotated[str | None, Header()] = None
+    ) -> RegistryState:
+        if token is None:
+            raise HTTPException(403, "rollback over HTTP is disabled: set VERSION_REGISTRY_ADMIN_TOKEN_FILE")
+        given = (authorization or "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(401, "a valid admin token is required (Authorization: Bearer <token>)")
         try:
             stored = await service.rollback(request)
         except RollbackRefused as exc:
