@@ -43,7 +43,7 @@ class Access:
 
 SERVICE_ACCESS: Mapping[str, Access] = {
     "chain-watcher": Access(
-        publish=("chain.>", "errors.chain-watcher", "$KV.chain-watcher.>", *_JS_CLIENT_PUBLISH),
+        publish=("chain.>", "errors.chain-watcher", "$KV.chain_watcher.>", *_JS_CLIENT_PUBLISH),
         subscribe=_JS_CLIENT_SUBSCRIBE,
     ),
     "registry": Access(
