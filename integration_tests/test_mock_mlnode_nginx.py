@@ -30,8 +30,9 @@ class SideBySide:
     proxy: str
 
 
-@pytest.fixture
-def side_by_side(tmp_path: Path) -> Iterator[SideBySide]:
+@pytest.fixture(params=["upstreams", "resolver"])
+def side_by_side(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[SideBySide]:
+    """Both config modes: upstream blocks (local stack) and run-time resolution (containers)."""
     common = [
         "--gpu-lock-path",
         str(tmp_path / "gpu" / "{node}.lock"),
@@ -55,6 +56,7 @@ def side_by_side(tmp_path: Path) -> Iterator[SideBySide]:
             )
         ],
         runtime_dir=tmp_path / "nginx",
+        resolver="127.0.0.1" if request.param == "resolver" else None,
     )
     nginx = NginxProcess(tmp_path / "nginx", conf, [port])
     nginx.start()

@@ -100,9 +100,12 @@ def render_nginx_conf(
 ) -> str:
     """The whole nginx.conf.
 
-    `runtime_dir` puts the pid file, logs and temp files there (for a local, unprivileged nginx);
-    `resolver` (e.g. `127.0.0.11` in Docker) re-resolves upstream host names at run time, so the
-    proxy starts before the MLNode containers exist (needs nginx >= 1.27.3, as pinned in deploy/).
+    `runtime_dir` puts the pid file, logs and temp files there (for a local, unprivileged nginx).
+    `resolver` (e.g. `127.0.0.11` in Docker) switches to run-time name resolution: upstream hosts
+    are looked up per request (cached `valid=10s`), so the proxy starts before the MLNode
+    containers exist and follows them when they are re-created. That mode proxies to variables
+    and strips the version prefix with a rewrite, which every nginx version supports. Without a
+    resolver, upstream blocks with keep-alive connections are used (hosts must resolve at start).
     """
     if not servers:
         raise ValueError("at least one server block is needed")
@@ -123,17 +126,17 @@ def render_nginx_conf(
             *(f"    {kind}_temp_path {runtime_dir}/tmp/{kind};" for kind in ("fastcgi", "uwsgi", "scgi")),
         ]
     if resolver:
-        out += [f"    resolver {resolver} valid=10s;", "    resolver_timeout 5s;"]
-    for server in servers:
-        for up in server.upstreams:
-            out += [
-                "",
-                f"    upstream {upstream_name(up.version, server.listen)} {{",
-                *(["        zone " + upstream_name(up.version, server.listen) + " 64k;"] if resolver else []),
-                f"        server {up.host}:{up.port}{' resolve' if resolver else ''};",
-                "        keepalive 64;",
-                "    }",
-            ]
+        out += [f"    resolver {resolver} valid=10s ipv6=off;", "    resolver_timeout 5s;"]
+    else:
+        for server in servers:
+            for up in server.upstreams:
+                out += [
+                    "",
+                    f"    upstream {upstream_name(up.version, server.listen)} {{",
+                    f"        server {up.host}:{up.port};",
+                    "        keepalive 64;",
+                    "    }",
+                ]
     for server in servers:
         listen = f"{server.listen_host}:{server.listen}" if server.listen_host else str(server.listen)
         out += ["", "    server {", f"        listen {listen};", _PROXY_SETTINGS.rstrip("\n")]
@@ -141,20 +144,33 @@ def render_nginx_conf(
             f"        location = {HEALTH_PATH} {{",
             "            access_log off;",
             '            return 200 "ok\\n";',
-        ]
-        out += ["        }"]
-        for up in server.upstreams:
-            out += [
-                f"        location /{up.version.raw}/ {{",
-                f"            proxy_pass http://{upstream_name(up.version, server.listen)}/;",
-                "        }",
-            ]
-        out += [
-            "        location / {",
-            f"            proxy_pass http://{upstream_name(server.default.version, server.listen)};",
             "        }",
-            *(f"        {loc}" for loc in server.extra_locations),
-            "    }",
         ]
+        for up in server.upstreams:
+            prefix = f"/{up.version.raw}/"
+            out.append(f"        location {prefix} {{")
+            if resolver:
+                out += [
+                    f"            set $mlnode_{_token(up.version)} {up.host}:{up.port};",
+                    f"            rewrite ^/{re.escape(up.version.raw)}(/.*)$ $1 break;",
+                    f"            proxy_pass http://$mlnode_{_token(up.version)};",
+                ]
+            else:
+                out.append(f"            proxy_pass http://{upstream_name(up.version, server.listen)}/;")
+            out.append("        }")
+        default = server.default
+        out.append("        location / {")
+        if resolver:
+            out += [
+                f"            set $mlnode_default {default.host}:{default.port};",
+                "            proxy_pass http://$mlnode_default;",
+            ]
+        else:
+            out.append(f"            proxy_pass http://{upstream_name(default.version, server.listen)};")
+        out += ["        }", *(f"        {loc}" for loc in server.extra_locations), "    }"]
     out += ["}", ""]
     return "\n".join(out)
+
+
+def _token(version: MLNodeVersion) -> str:
+    return re.sub(r"[^A-Za-z0-9]", "_", version.raw)

@@ -42,11 +42,12 @@ def test_local_runtime_dir_and_docker_resolver() -> None:
     local = render_nginx_conf([ProxyServer(listen=9000, upstreams=[OLD])], runtime_dir=Path("/tmp/x"))
     assert "pid /tmp/x/nginx.pid;" in local and "proxy_temp_path /tmp/x/tmp/proxy;" in local
     docker = render_nginx_conf([ProxyServer(listen=8080, upstreams=[OLD, NEW])], resolver="127.0.0.11")
-    assert "resolver 127.0.0.11 valid=10s;" in docker
-    assert (
-        "server mlnode-306:8080 resolve;" in docker
-        and f"zone {upstream_name(OLD.version, 8080)} 64k;" in docker
-    )
+    assert "resolver 127.0.0.11 valid=10s ipv6=off;" in docker
+    assert "upstream " not in docker  # names are resolved per request, not at start
+    assert "set $mlnode_v3_0_6 mlnode-306:8080;" in docker
+    assert "rewrite ^/v3\\.0\\.6(/.*)$ $1 break;" in docker  # the prefix is stripped
+    assert "set $mlnode_default mlnode-306:8080;" in docker
+    assert upstream_name(OLD.version, 8080) not in docker
 
 
 def test_two_ports_as_the_real_deployment() -> None:
