@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from cli.propose import propose
 from shared.event_docs import stale_docs, write_docs
 
 app = typer.Typer(
@@ -13,6 +14,7 @@ app = typer.Typer(
 )
 events_app = typer.Typer(no_args_is_help=True, help="The event contracts on the bus.")
 app.add_typer(events_app, name="events")
+app.command("propose")(propose)
 
 
 @events_app.command("docs")

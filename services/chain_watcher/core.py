@@ -1,0 +1,314 @@
+"""What the chain-watcher publishes, decided without I/O.
+
+Given the persisted `WatcherState` (cursor, last chain version, known plans) and what was just
+observed on the chain (blocks, the full plan listing and `MLNodeVersion` at one height), `decide`
+returns the events to publish, in order, with their deduplication ids, and the state to persist
+once they are acknowledged. The service publishes first and then advances the cursor, so a crash
+in between republishes the same events with the same ids, which JetStream drops.
+
+Order within a step: plans, then blocks, then the chain version. A plan is therefore on the bus
+before the block at its height (the registry applies it exactly there), and the chain's version
+after the block that changed it (so the registry sees the plan apply before the sync snapshot).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from shared.events import MAX_HEIGHT, BlockCommitted, ChainVersionObserved, Event, UpgradeScheduled
+from shared.versions import InvalidVersionError, parse_version
+
+__all__ = [
+    "CorruptState",
+    "KnownPlan",
+    "ObservedBlock",
+    "ObservedPlan",
+    "Outgoing",
+    "Step",
+    "WatcherState",
+    "backoff_delay",
+    "decide",
+    "lag_blocks",
+    "next_height",
+]
+
+STATE_FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedBlock:
+    """A block as seen on the websocket or fetched with /block; hash and time when known."""
+
+    height: int
+    hash: str | None = None
+    time: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedPlan:
+    """One `PartialUpgrade` entry as the chain lists it."""
+
+    height: int
+    node_version: str
+    name: str = ""
+    api_binaries_json: str = ""
+
+    def content(self) -> tuple[str, str, str]:
+        return (self.node_version, self.name, self.api_binaries_json)
+
+
+@dataclass(frozen=True, slots=True)
+class KnownPlan:
+    """A plan the watcher has decided about; `announcements` counts what it published for it."""
+
+    node_version: str
+    name: str
+    api_binaries_json: str
+    announcements: int
+
+    def content(self) -> tuple[str, str, str]:
+        return (self.node_version, self.name, self.api_binaries_json)
+
+
+class CorruptState(ValueError):
+    """The persisted state cannot be read; the message says why."""
+
+
+@dataclass(frozen=True)
+class WatcherState:
+    """Everything the watcher must remember across restarts; stored as one KV value."""
+
+    last_height: int | None = None
+    chain_version: str | None = None  # as last observed, valid or not
+    plans: Mapping[int, KnownPlan] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        doc = {
+            "format": STATE_FORMAT,
+            "last_height": self.last_height,
+            "chain_version": self.chain_version,
+            "plans": {
+                str(h): {
+                    "node_version": p.node_version,
+                    "name": p.name,
+                    "api_binaries_json": p.api_binaries_json,
+                    "announcements": p.announcements,
+                }
+                for h, p in sorted(self.plans.items())
+            },
+        }
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> WatcherState:
+        try:
+            doc = json.loads(data)
+            if doc.get("format") != STATE_FORMAT:
+                raise CorruptState(f"unknown state format {doc.get('format')!r}")
+            last = doc["last_height"]
+            version = doc["chain_version"]
+            plans = {
+                int(h): KnownPlan(
+                    node_version=str(p["node_version"]),
+                    name=str(p["name"]),
+                    api_binaries_json=str(p["api_binaries_json"]),
+                    announcements=int(p["announcements"]),
+                )
+                for h, p in doc["plans"].items()
+            }
+        except CorruptState:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CorruptState(f"unreadable chain-watcher state: {exc!r}") from None
+        if last is not None and (not isinstance(last, int) or last < 1):
+            raise CorruptState(f"invalid last_height {last!r}")
+        if version is not None and not isinstance(version, str):
+            raise CorruptState(f"invalid chain_version {version!r}")
+        return cls(last_height=last, chain_version=version, plans=plans)
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One publish: the event and the `Nats-Msg-Id` to send it with."""
+
+    event: Event
+    msg_id: str
+
+
+@dataclass(frozen=True)
+class Step:
+    publishes: tuple[Outgoing, ...]
+    state: WatcherState
+    # Newly seen plans that cannot be announced, with the reason (logged once each).
+    refused_plans: tuple[tuple[ObservedPlan, str], ...] = ()
+    # The chain's version when it changed to something that cannot be announced.
+    refused_version: tuple[str, str] | None = None
+
+    @property
+    def plans(self) -> tuple[UpgradeScheduled, ...]:
+        return tuple(o.event for o in self.publishes if isinstance(o.event, UpgradeScheduled))
+
+    @property
+    def blocks(self) -> tuple[BlockCommitted, ...]:
+        return tuple(o.event for o in self.publishes if isinstance(o.event, BlockCommitted))
+
+    @property
+    def version(self) -> ChainVersionObserved | None:
+        found = [o.event for o in self.publishes if isinstance(o.event, ChainVersionObserved)]
+        return found[0] if found else None
+
+
+def next_height(last_height: int | None, target: int, max_backfill: int) -> tuple[int | None, int]:
+    """The one height to publish next toward `target`, and how many heights are skipped to reach it.
+
+    One height per step, because plans and the chain's version must be read at every height: a
+    plan can be stored and applied (then deleted by the chain) between two heights that a coarser
+    step would read. The first run starts at the chain's current height (no history); after that
+    every height follows the cursor, unless the watcher is more than `max_backfill` blocks behind:
+    then it jumps to the last `max_backfill` heights and reports how many it skipped.
+    """
+    if target < 1:
+        return None, 0
+    if last_height is None:
+        return target, 0
+    if target <= last_height:
+        return None, 0
+    if target - last_height > max_backfill:
+        return target - max_backfill + 1, target - last_height - max_backfill
+    return last_height + 1, 0
+
+
+def lag_blocks(last_height: int | None, chain_height: int | None) -> int:
+    if chain_height is None:
+        return 0
+    return max(0, chain_height - (last_height or 0))
+
+
+def backoff_delay(attempt: int, initial_s: float, max_s: float, rand: float) -> float:
+    """Exponential backoff with jitter: attempt 0 waits between half and all of `initial_s`."""
+    base: float = min(max_s, initial_s * float(2 ** min(attempt, 32)))
+    return base * (0.5 + rand / 2)
+
+
+def _block_event(block: ObservedBlock) -> BlockCommitted:
+    try:
+        return BlockCommitted(height=block.height, hash=block.hash, time=block.time)
+    except ValidationError:
+        # A hash or time we cannot vouch for is dropped; the height is what the bus needs.
+        return BlockCommitted(height=block.height)
+
+
+def _plan_refusal(plan: ObservedPlan) -> str | None:
+    if not plan.node_version:
+        return "no node_version: an API-binaries-only upgrade, not an MLNode version switch"
+    try:
+        parse_version(plan.node_version)
+    except InvalidVersionError as exc:
+        return str(exc)
+    if not 0 < plan.height <= MAX_HEIGHT:
+        return f"height {plan.height} is not a valid block height"
+    return None
+
+
+def _content_digest(plan: ObservedPlan) -> str:
+    return hashlib.sha256(json.dumps(plan.content()).encode()).hexdigest()[:12]
+
+
+def diff_plans(
+    known: Mapping[int, KnownPlan], observed: Sequence[ObservedPlan]
+) -> tuple[list[Outgoing], dict[int, KnownPlan], list[tuple[ObservedPlan, str]]]:
+    """Announce each new or changed plan once; forget plans the chain no longer lists.
+
+    The first announcement at a height uses the event's own id (`plan-H-V`); a later change at the
+    same height adds the announcement count and a content digest, so JetStream does not drop a
+    real change as a duplicate while a crash-and-retry of the same change still is one.
+    """
+    outgoing: list[Outgoing] = []
+    refused: list[tuple[ObservedPlan, str]] = []
+    after: dict[int, KnownPlan] = {}
+    for plan in sorted(observed, key=lambda p: p.height):
+        previous = known.get(plan.height)
+        count = previous.announcements if previous else 0
+        if previous is not None and previous.content() == plan.content():
+            after[plan.height] = previous
+            continue
+        reason = _plan_refusal(plan)
+        if reason is not None:
+            refused.append((plan, reason))
+            after[plan.height] = KnownPlan(plan.node_version, plan.name, plan.api_binaries_json, count)
+            continue
+        event = UpgradeScheduled(
+            height=plan.height,
+            node_version=parse_version(plan.node_version),
+            name=plan.name[:512],
+            api_binaries_json=plan.api_binaries_json[:65_536],
+        )
+        msg_id = event.msg_id() if count == 0 else f"{event.msg_id()}-r{count}-{_content_digest(plan)}"
+        outgoing.append(Outgoing(event, msg_id))
+        after[plan.height] = KnownPlan(plan.node_version, plan.name, plan.api_binaries_json, count + 1)
+    return outgoing, after, refused
+
+
+def decide(
+    state: WatcherState,
+    blocks: Sequence[ObservedBlock],
+    plans: Sequence[ObservedPlan] | None,
+    version: str | None,
+    *,
+    observed_at: int,
+    announce_version: bool = False,
+) -> Step:
+    """One step: the blocks after the cursor, plus plans and version observed at `observed_at`.
+
+    `plans`/`version` are None when they were not read in this step (known plans and the last
+    version are then kept). `announce_version` publishes the version even if unchanged (start-up).
+    """
+    outgoing: list[Outgoing] = []
+    known: Mapping[int, KnownPlan] = state.plans
+    refused_plans: list[tuple[ObservedPlan, str]] = []
+    if plans is not None:
+        plan_out, known, refused_plans = diff_plans(state.plans, plans)
+        outgoing += plan_out
+
+    last = state.last_height
+    for block in sorted(blocks, key=lambda b: b.height):
+        if last is not None and block.height <= last:
+            continue  # already published: an old or repeated event
+        event = _block_event(block)
+        outgoing.append(Outgoing(event, event.msg_id()))
+        last = block.height
+
+    chain_version = state.chain_version
+    refused_version: tuple[str, str] | None = None
+    if version is not None:
+        changed = version != state.chain_version
+        if changed or announce_version:
+            try:
+                observed = ChainVersionObserved(
+                    current_version=parse_version(version), height=observed_at if observed_at > 0 else None
+                )
+            except (InvalidVersionError, ValidationError) as exc:
+                refused_version = (version, "the chain has no MLNodeVersion" if not version else str(exc))
+            else:
+                outgoing.append(Outgoing(observed, observed.msg_id()))
+        chain_version = version
+
+    new_state = WatcherState(last_height=last, chain_version=chain_version, plans=dict(known))
+    return Step(
+        publishes=tuple(outgoing),
+        state=new_state,
+        refused_plans=tuple(refused_plans),
+        refused_version=refused_version,
+    )
+
+
+def describe_plan(plan: ObservedPlan | UpgradeScheduled) -> dict[str, Any]:
+    """Log fields for a plan: every line about a plan carries its height and version."""
+    return {"height": plan.height, "version": str(plan.node_version), "plan_name": plan.name}
