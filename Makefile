@@ -31,7 +31,7 @@ integration: setup
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy shared cli proto/generate.py mock_mlnode mock_chain services/version_registry services/chain_watcher
+	$(BIN)/mypy shared cli proto/generate.py mock_mlnode mock_chain services
 
 proto: $(STAMP)
 	$(BIN)/python -m proto.generate

@@ -18,8 +18,10 @@ __all__ = ["MockMLNodeProcess"]
 class MockMLNodeProcess:
     """`python -m mock_mlnode` on a free port; waits until it answers."""
 
-    def __init__(self, log_dir: Path, *args: str, startup_timeout_s: float = 15.0) -> None:
-        self.port = free_port()
+    def __init__(
+        self, log_dir: Path, *args: str, startup_timeout_s: float = 15.0, port: int | None = None
+    ) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"mock-mlnode-{self.port}.log"

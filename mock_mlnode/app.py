@@ -396,8 +396,9 @@ def create_app(settings: MockMLNodeSettings, mock: MockNode | None = None) -> AS
 
     @api.get("/health")
     @api.get("/livez")
-    async def health(inst: InstanceDep) -> dict[str, Any]:
-        return inst.machine.health()
+    async def health(inst: InstanceDep) -> JSONResponse:
+        # 503 while a model is loading, as the real health check reports the inference manager.
+        return JSONResponse(inst.machine.health(), status_code=200 if inst.machine.ready else 503)
 
     @api.get("/readyz")
     async def readyz(inst: InstanceDep) -> JSONResponse:

@@ -260,7 +260,7 @@ class NodeMachine:
 
     def health(self) -> dict[str, Any]:
         return {
-            "status": "healthy",
+            "status": "healthy" if self.ready else "unhealthy",
             "service_state": self.state.value,
             "gpu": {"available": True, "count": 1, "devices": [{"index": 0, "holder": self.gpu.holder()}]},
             "managers": {

@@ -122,8 +122,9 @@ class DurableConsumer:
         while not self._rebind.is_set():
             try:
                 msgs = await sub.fetch(self.spec.batch, timeout=self.spec.fetch_timeout_s)
-            except nats.errors.TimeoutError:
-                # No messages. Now and then confirm the consumer still exists on the server.
+            except (nats.errors.TimeoutError, TimeoutError):
+                # No messages (nats-py raises either kind). Now and then confirm the consumer
+                # still exists on the server.
                 if time.monotonic() - idle_since > 10 * self.spec.fetch_timeout_s:
                     await self.bus.js.consumer_info(self.spec.stream, self.spec.durable)
                     idle_since = time.monotonic()

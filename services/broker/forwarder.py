@@ -1,0 +1,140 @@
+"""Forwarding inference to a ready node: wait (bounded) for one, stream the answer through.
+
+A request that arrives mid-switch waits for a node to be ready on the new version instead of
+failing; only when the wait runs out does the caller get a 503 that says why. A node that refuses
+the connection or answers 502/503/504 before any byte was relayed is given up for another try
+(the request did no work there), so a node dying under load does not fail requests either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+from starlette.background import BackgroundTask
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from services.broker.metrics import BrokerMetrics
+from services.broker.mlnode_client import ClientBook
+from services.broker.pool import Lease, NodePool, NoNodeReady
+from shared.logging import get_logger
+
+__all__ = ["NODE_HEADER", "Forwarder"]
+
+log = get_logger(__name__)
+
+NODE_HEADER = "x-broker-node"
+RETRY_STATUSES = frozenset({502, 503, 504})
+# Request headers passed on; everything else (host, hop-by-hop, content-length) is the client's own.
+_PASS_REQUEST = ("content-type", "accept", "authorization", "x-request-id", "user-agent")
+# Response headers not passed on: hop-by-hop ones, and the encoding (bodies are relayed decoded).
+_DROP_RESPONSE = frozenset(
+    {"content-length", "content-encoding", "transfer-encoding", "connection", "keep-alive", "date", "server"}
+)
+
+
+def _error(status: int, message: str, kind: str) -> JSONResponse:
+    """OpenAI-style error body, so clients that parse `error.message` show the reason."""
+    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+
+
+class Forwarder:
+    def __init__(
+        self, pool: NodePool, book: ClientBook, metrics: BrokerMetrics, wait_s: float, attempts: int
+    ) -> None:
+        self.pool = pool
+        self.book = book
+        self.metrics = metrics
+        self.wait_s = wait_s
+        self.attempts = attempts
+
+    async def forward(self, route: str, body: bytes, headers: dict[str, str]) -> Response:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + self.wait_s
+        passed = {k: v for k, v in headers.items() if k.lower() in _PASS_REQUEST}
+        last_error = ""
+        failed: set[str] = set()
+        for attempt in range(1, self.attempts + 1):
+            try:
+                lease = await self.pool.acquire(max(deadline - loop.time(), 0.0), frozenset(failed))
+            except NoNodeReady as exc:
+                self.metrics.forwarded_total.labels(route=route, result="no_node").inc()
+                waited = loop.time() - started
+                detail = f"; last attempt: {last_error}" if last_error else ""
+                log.warning(
+                    "no node for request",
+                    extra={"route": route, "waited_s": round(waited, 3), "reason": str(exc)},
+                )
+                return _error(
+                    503,
+                    f"no MLNode could take the request after {waited:.1f}s: {exc}{detail}",
+                    "service_unavailable",
+                )
+            if attempt == 1:
+                self.metrics.forward_wait_seconds.observe(loop.time() - started)
+            client = self.book.get(lease.node, lease.version)
+            request = client.inference_request(route, body, passed)
+            try:
+                upstream = await client.http.send(request, stream=True)
+            except httpx.HTTPError as exc:
+                self.pool.release(lease)
+                failed.add(lease.node.id)
+                last_error = f"{lease.node.id}: {type(exc).__name__}: {exc}"
+                log.warning(
+                    "forward failed, retrying",
+                    extra={
+                        "route": route,
+                        "node": lease.node.id,
+                        "version": lease.version.raw,
+                        "error": last_error,
+                    },
+                )
+                continue
+            if upstream.status_code in RETRY_STATUSES and attempt < self.attempts:
+                await upstream.aclose()
+                self.pool.release(lease)
+                failed.add(lease.node.id)
+                last_error = f"{lease.node.id} answered {upstream.status_code}"
+                continue
+            return await self._relay(route, upstream, lease)
+        self.metrics.forwarded_total.labels(route=route, result="error").inc()
+        return _error(502, f"every attempt to reach an MLNode failed: {last_error}", "bad_gateway")
+
+    async def _relay(self, route: str, upstream: httpx.Response, lease: Lease) -> Response:
+        """Pass the answer through chunk by chunk; the lease ends when the last byte went out."""
+        headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _DROP_RESPONSE}
+        headers[NODE_HEADER] = lease.node.id
+        result = "ok" if upstream.status_code < 400 else f"http_{upstream.status_code}"
+        released = False
+
+        def finish() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.pool.release(lease)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in upstream.aiter_bytes():
+                    yield chunk
+            finally:
+                await upstream.aclose()
+                finish()
+
+        if upstream.headers.get("content-type", "").startswith("text/event-stream"):
+            self.metrics.forwarded_total.labels(route=route, result=result).inc()
+            return StreamingResponse(
+                chunks(), status_code=upstream.status_code, headers=headers, background=BackgroundTask(finish)
+            )
+        try:
+            content = b"".join([chunk async for chunk in upstream.aiter_bytes()])
+        except httpx.HTTPError as exc:
+            self.metrics.forwarded_total.labels(route=route, result="error").inc()
+            return _error(502, f"{lease.node.id} broke off its answer: {type(exc).__name__}", "bad_gateway")
+        finally:
+            await upstream.aclose()
+            finish()
+        self.metrics.forwarded_total.labels(route=route, result=result).inc()
+        return Response(content=content, status_code=upstream.status_code, headers=headers)

@@ -1,0 +1,89 @@
+"""The broker's own metrics, on the service's registry next to the shared bus counters."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from services.broker.pool import NodePool
+from shared.metrics import PREFIX, ServiceMetrics
+
+__all__ = ["BrokerMetrics"]
+
+P = f"{PREFIX}_broker"
+_SLOW_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300, 600, float("inf"))
+_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, float("inf"))
+
+
+class _PoolCollector(Collector):
+    """Read at scrape time from the pool, so the figures are never stale."""
+
+    def __init__(self, pool: Callable[[], NodePool | None]) -> None:
+        self.pool = pool
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        pool = self.pool()
+        in_flight = GaugeMetricFamily(f"{P}_in_flight", "Forwarded requests in flight", labels=["version"])
+        ready = GaugeMetricFamily(f"{P}_nodes_ready", "Nodes ready on the current version")
+        nodes = GaugeMetricFamily(f"{P}_nodes", "Nodes the broker manages")
+        if pool is not None:
+            for version, count in sorted(pool.in_flight_by_version().items()):
+                in_flight.add_metric([version.raw], count)
+            ready.add_metric([], sum(1 for s in pool.slots.values() if s.ready and s.version == pool.current))
+            nodes.add_metric([], len(pool.slots))
+        yield in_flight
+        yield ready
+        yield nodes
+
+
+class BrokerMetrics:
+    def __init__(self, metrics: ServiceMetrics, pool: NodePool | None = None) -> None:
+        r = metrics.registry
+        self.base = metrics
+        self.transition_seconds = Histogram(
+            f"{P}_transition_seconds",
+            "From the start of a switch to every node having an outcome",
+            buckets=_SLOW_BUCKETS,
+            registry=r,
+        )
+        self.node_handoff_seconds = Histogram(
+            f"{P}_node_handoff_seconds",
+            "One node's handoff, drain to ready",
+            buckets=_SLOW_BUCKETS,
+            registry=r,
+        )
+        self.node_outcomes_total = Counter(
+            f"{P}_node_outcomes_total", "Per-node outcomes of switches", ["outcome"], registry=r
+        )
+        self.stop_failures_total = Counter(
+            f"{P}_stop_failures_total",
+            "Stops of an old version that were not confirmed (each becomes a pending stop)",
+            registry=r,
+        )
+        self.stops_confirmed_total = Counter(
+            f"{P}_stops_confirmed_total", "Stops confirmed by state == STOPPED", registry=r
+        )
+        self.pending_stops = Gauge(f"{P}_pending_stops", "Stops still to be confirmed", registry=r)
+        self.forwarded_total = Counter(
+            f"{P}_forwarded_total", "Forwarded inference requests by result", ["route", "result"], registry=r
+        )
+        self.forward_wait_seconds = Histogram(
+            f"{P}_forward_wait_seconds",
+            "Time a request waited for a ready node",
+            buckets=_WAIT_BUCKETS,
+            registry=r,
+        )
+        self.target_ready = Gauge(
+            f"{P}_target_ready",
+            "Whether a node can serve the pending plan's version (1) or not (0)",
+            ["node", "version"],
+            registry=r,
+        )
+        self._pool = pool
+        r.register(_PoolCollector(lambda: self._pool))
+
+    def attach(self, pool: NodePool) -> None:
+        self._pool = pool

@@ -1,0 +1,144 @@
+"""The broker's live view of its nodes: which version each serves, whether it is ready, what is in flight.
+
+Forwarded requests take a lease here and give it back when their answer is done; a handoff
+closes a node's gate (not ready), waits here for the old version's leases to drain, and opens it
+again on the new version. Waiting is bounded everywhere and woken by changes, not by polling.
+No I/O: the choice of node is `routing.pick`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from dataclasses import dataclass, field
+
+from services.broker.models import NodeConfig
+from services.broker.routing import NodeLoad, pick, why_none
+from shared.versions import MLNodeVersion
+
+__all__ = ["Lease", "NoNodeReady", "NodePool", "NodeSlot"]
+
+
+class NoNodeReady(Exception):
+    """No node could take the request within the wait; the message says why, for the 503."""
+
+
+@dataclass
+class NodeSlot:
+    config: NodeConfig
+    version: MLNodeVersion | None = None
+    ready: bool = False
+    phase: str = "starting"
+    in_flight: Counter[MLNodeVersion] = field(default_factory=Counter)
+    # One management operation at a time per node (handoff, bring-up, pending-stop retry).
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def load(self) -> NodeLoad:
+        return NodeLoad(
+            node_id=self.config.id,
+            version=self.version,
+            ready=self.ready,
+            in_flight=sum(self.in_flight.values()),
+            max_concurrent=self.config.max_concurrent,
+            phase=self.phase,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    node: NodeConfig
+    version: MLNodeVersion
+
+
+class NodePool:
+    def __init__(self) -> None:
+        self.current: MLNodeVersion | None = None
+        self.slots: dict[str, NodeSlot] = {}
+        self._changed = asyncio.Event()
+
+    def _signal(self) -> None:
+        """Wake every waiter; they re-check their condition against the new state."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _wait_change(self, timeout_s: float) -> None:
+        changed = self._changed
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), timeout_s)
+
+    # -- membership and state ----------------------------------------------------------------------
+
+    def set_current(self, version: MLNodeVersion | None) -> None:
+        self.current = version
+        self._signal()
+
+    def upsert(self, config: NodeConfig) -> NodeSlot:
+        slot = self.slots.get(config.id)
+        if slot is None:
+            slot = self.slots[config.id] = NodeSlot(config)
+        else:
+            slot.config = config
+        self._signal()
+        return slot
+
+    def remove(self, node_id: str) -> None:
+        self.slots.pop(node_id, None)
+        self._signal()
+
+    def mark(self, node_id: str, *, ready: bool, phase: str, version: MLNodeVersion | None = None) -> None:
+        """Set a node's readiness and phase; `version` (when given) is the version it serves now."""
+        slot = self.slots.get(node_id)
+        if slot is None:
+            return
+        slot.ready = ready
+        slot.phase = phase
+        if version is not None:
+            slot.version = version
+        self._signal()
+
+    def loads(self) -> list[NodeLoad]:
+        return [slot.load() for slot in self.slots.values()]
+
+    def in_flight_by_version(self) -> Counter[MLNodeVersion]:
+        total: Counter[MLNodeVersion] = Counter()
+        for slot in self.slots.values():
+            total.update(slot.in_flight)
+        return total
+
+    # -- leases ------------------------------------------------------------------------------------
+
+    async def acquire(self, timeout_s: float, avoid: frozenset[str] = frozenset()) -> Lease:
+        """A lease on the least-busy ready node of the current version, waiting up to `timeout_s`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            node_id = pick(self.loads(), self.current, avoid)
+            if node_id is not None and self.current is not None:
+                slot = self.slots[node_id]
+                slot.in_flight[self.current] += 1
+                return Lease(slot.config, self.current)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise NoNodeReady(why_none(self.loads(), self.current))
+            await self._wait_change(remaining)
+
+    def release(self, lease: Lease) -> None:
+        slot = self.slots.get(lease.node.id)
+        if slot is not None and slot.in_flight[lease.version] > 0:
+            slot.in_flight[lease.version] -= 1
+            if not slot.in_flight[lease.version]:
+                del slot.in_flight[lease.version]
+        self._signal()
+
+    async def wait_drained(self, node_id: str, versions: tuple[MLNodeVersion, ...], timeout_s: float) -> int:
+        """Wait until no lease of these versions is out on the node; returns what is left at the timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            slot = self.slots.get(node_id)
+            left = 0 if slot is None else sum(slot.in_flight[v] for v in versions)
+            remaining = deadline - loop.time()
+            if left == 0 or remaining <= 0:
+                return left
+            await self._wait_change(remaining)

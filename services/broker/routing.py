@@ -1,0 +1,67 @@
+"""Which node gets the next inference request: a pure choice over a snapshot of the nodes.
+
+Only a node that serves the current version and is ready may take work; a node mid-handoff is
+not ready, so its requests wait instead of hitting a version that is stopping or still loading.
+Among the eligible nodes the least busy one wins (in-flight relative to `max_concurrent`), and a
+node at its `max_concurrent` takes nothing more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from shared.versions import MLNodeVersion
+
+__all__ = ["NodeLoad", "pick", "why_none"]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeLoad:
+    node_id: str
+    version: MLNodeVersion | None  # the version the node serves (or is being moved to)
+    ready: bool
+    in_flight: int
+    max_concurrent: int
+    phase: str = ""  # what the node is doing when not ready, for error messages
+
+
+def _eligible(node: NodeLoad, version: MLNodeVersion) -> bool:
+    return node.ready and node.version == version and node.in_flight < node.max_concurrent
+
+
+def pick(
+    nodes: Iterable[NodeLoad], version: MLNodeVersion | None, avoid: frozenset[str] = frozenset()
+) -> str | None:
+    """The least-busy eligible node's id, or None. Ties go to the lowest id, so the choice is stable.
+
+    Nodes in `avoid` (they just failed this request) are taken only when no other node is eligible.
+    """
+    if version is None:
+        return None
+    best: tuple[bool, float, int, str] | None = None
+    for node in nodes:
+        if not _eligible(node, version):
+            continue
+        key = (node.node_id in avoid, node.in_flight / node.max_concurrent, node.in_flight, node.node_id)
+        if best is None or key < best:
+            best = key
+    return None if best is None else best[3]
+
+
+def why_none(nodes: Iterable[NodeLoad], version: MLNodeVersion | None) -> str:
+    """A sentence for the 503: why no node could take the request."""
+    if version is None:
+        return "the current MLNode version is not known yet (the version-registry has not answered)"
+    nodes = list(nodes)
+    if not nodes:
+        return "no MLNode is configured"
+    busy = [n.node_id for n in nodes if n.ready and n.version == version and not _eligible(n, version)]
+    moving = [f"{n.node_id} ({n.phase or 'not ready'})" for n in nodes if not n.ready]
+    parts = [f"no MLNode is ready on {version}"]
+    if busy:
+        parts.append(f"at max_concurrent: {', '.join(busy[:10])}")
+    if moving:
+        more = f" and {len(moving) - 10} more" if len(moving) > 10 else ""
+        parts.append(f"not ready: {', '.join(moving[:10])}{more}")
+    return "; ".join(parts)

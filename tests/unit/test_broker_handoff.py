@@ -1,0 +1,292 @@
+"""The per-node handoff machine, driven by scripted answers: no sockets, no clock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.broker import handoff as hf
+from services.broker.handoff import HandoffPolicy, Phase
+from shared.versions import MLNodeVersion
+
+OLD = MLNodeVersion("v3.0.6")
+NEW = MLNodeVersion("v3.0.8")
+OTHER = MLNodeVersion("v3.0.7")
+MODEL = ("m", ("--x", "1"))
+POLICY = HandoffPolicy(
+    drain_timeout_s=5,
+    stop_attempts=3,
+    stop_backoff_s=1,
+    stop_backoff_max_s=3,
+    up_attempts=2,
+    up_backoff_s=1,
+    health_timeout_s=10,
+    health_interval_s=1,
+)
+
+Responder = Callable[[hf.Command], hf.Observation]
+
+
+def run(
+    respond: Responder,
+    *,
+    stop: tuple[MLNodeVersion, ...] = (OLD,),
+    target: MLNodeVersion | None = NEW,
+    model: tuple[str, tuple[str, ...]] | None = MODEL,
+    policy: HandoffPolicy = POLICY,
+) -> tuple[list[hf.Command], hf.Finish]:
+    """Drive one handoff to the end; a Wait advances the fake clock. Returns the commands issued."""
+    now = 0.0
+    h, cmd = hf.start("node-1", target, stop, model, policy, now)
+    issued: list[hf.Command] = []
+    while not isinstance(cmd, hf.Finish):
+        issued.append(cmd)
+        assert len(issued) < 200, "the handoff did not terminate"
+        if isinstance(cmd, hf.Wait):
+            now += cmd.seconds
+            obs: hf.Observation = hf.Woke()
+        else:
+            obs = respond(cmd)
+        h, cmd = hf.advance(h, obs, now)
+    assert h.phase is Phase.DONE
+    return issued, cmd
+
+
+class HealthyNode:
+    """Old version answers and stops; the new one is stopped, comes up on inference/up, is healthy."""
+
+    def __init__(self) -> None:
+        self.target_state = "STOPPED"
+
+    def __call__(self, cmd: hf.Command) -> hf.Observation:
+        match cmd:
+            case hf.Drain():
+                return hf.Drained(0)
+            case hf.ReadState(version):
+                return hf.StateIs("STOPPED" if version == OLD else self.target_state)
+            case hf.BringUp():
+                self.target_state = "INFERENCE"
+                return hf.Ok()
+            case _:
+                return hf.Ok()
+
+
+healthy_node = HealthyNode()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_node() -> None:
+    healthy_node.target_state = "STOPPED"
+
+
+def kinds(commands: list[hf.Command]) -> list[str]:
+    return [type(c).__name__ for c in commands]
+
+
+def test_full_handoff_drains_stops_confirms_then_brings_the_new_version_up() -> None:
+    issued, finish = run(healthy_node)
+    assert issued == [
+        hf.Drain((OLD,), 5),
+        hf.SendStop(OLD),
+        hf.ReadState(OLD),
+        hf.ReadState(NEW),
+        hf.BringUp(NEW, "m", ("--x", "1")),
+        hf.CheckHealth(NEW),
+    ]
+    assert finish.outcome.outcome == "ready" and finish.outcome.detail == ""
+    assert finish.serving and finish.confirmed == (OLD,) and finish.unconfirmed == ()
+
+
+def test_stop_failing_twice_with_500_is_retried_with_backoff_and_then_confirmed() -> None:
+    failures = [500, 500]
+
+    def respond(cmd: hf.Command) -> hf.Observation:
+        if isinstance(cmd, hf.SendStop) and failures:
+            return hf.Failed(f"POST /stop: {failures.pop()}", 500)
+        return healthy_node(cmd)
+
+    issued, finish = run(respond)
+    assert kinds(issued)[:7] == ["Drain", "SendStop", "Wait", "SendStop", "Wait", "SendStop", "ReadState"]
+    assert [c.seconds for c in issued if isinstance(c, hf.Wait)] == [1, 2]  # exponential backoff
+    assert finish.outcome.outcome == "ready" and finish.confirmed == (OLD,)
+
+
+def test_a_404_from_stop_is_not_success() -> None:
+    def respond(cmd: hf.Command) -> hf.Observation:
+        if isinstance(cmd, hf.SendStop):
+            return hf.Failed("POST http://n/v3.0.6/api/v1/stop: 404 Not Found", 404)
+        return healthy_node(cmd)
+
+    issued, finish = run(respond)
+    assert kinds(issued).count("SendStop") == 3
+    assert finish.outcome.outcome == "stop_pending"
+    assert finish.unconfirmed[0][0] == OLD and "404" in finish.unconfirmed[0][1]
+    assert "after 3 attempts" in finish.outcome.detail
+    # An unconfirmed stop does not hold the node: the new version still comes up and serves.
+    assert finish.serving and hf.BringUp(NEW, "m", ("--x", "1")) in issued
+
+
+def test_stop_answered_ok_but_still_running_is_not_confirmed() -> None:
+    def respond(cmd: hf.Command) -> hf.Observation:
+        if isinstance(cmd, hf.ReadState) and cmd.version == OLD:
+            return hf.StateIs("INFERENCE")
+        return healthy_node(cmd)
+
+    issued, finish = run(respond)
+    assert kinds(issued).count("SendStop") == 3
+    assert finish.outcome.outcome == "stop_pending"
+    assert "state is INFERENCE" in finish.outcome.detail
+
+
+def test_unreachable_old_version_does_not_block_the_new_one() -> None:
+    def respond(cmd: hf.Command) -> hf.Observation:
+        if isinstance(cmd, hf.SendStop | hf.ReadState) and cmd.version == OLD:
+            return hf.Failed("no answer (ConnectError)")
+        return healthy_node(cmd)
+
+    _, finish = run(respond)
+    assert finish.serving and finish.outcome.outcome == "stop_pending"
+    assert finish.unconfirmed == ((OLD, "POST stop: no answer (ConnectError) (after 3 attempts)"),)
+
+
+def test_the_target_is_never_stopped_even_when_the_caller_lists_it() -> None:
+    issued, finish = run(healthy_node, stop=(NEW, OLD, NEW))
+    assert [c.version for c in issued if isinstance(c, hf.SendStop)] == [OLD]
+    assert finish.confirmed == (OLD,)
+
+
+def test_several_old_versions_are_each_stopped_and_confirmed() -> None:
+    issued, finish = run(healthy_node, stop=(OLD, OTHER))
+    assert issued[0] == hf.Drain((OLD, OTHER), 5)
+    stops = [c for c in issued if isinstance(c, hf.SendStop | hf.ReadState)]
+    assert stops[:4] == [hf.SendStop(OLD), hf.ReadState(OLD), hf.SendStop(OTHER), hf.ReadState(OTHER)]
+    assert finish.confirmed == (OLD, OTHER)
+
+
+def test_target_already_serving_is_not_brought_up_again() -> None:
+    """A handoff resumed after a crash finds the new version up: no second inference/up."""
+    healthy_node.target_state = "INFERENCE"
+    issued, finish = run(healthy_node)
+    assert not any(isinstance(c, hf.BringUp) for c in issued)
+    assert finish.outcome.outcome == "ready"
+
+
+def test_bring_up_retries_after_reprobing_then_fails_with_the_reason() -> None:
+    def respond(cmd: hf.Command) -> hf.Observation:
+        if isinstance(cmd, hf.BringUp):
+            return hf.Failed("409 GPU is held by node-1@v3.0.6", 409)
+        return healthy_node(cmd)
+
+    issued, finish = run(respond)
+    assert kinds(issued)[3:] == ["ReadState", "BringUp", "Wait", "ReadState", "BringUp"]
+    assert finish.outcome.outcome == "failed" and not finish.serving
+    assert "GPU is held" in finish.outcome.detail
+
+
+def test_health_is_awaited_until_the_timeout() -> None:
+    def respond(cmd: hf.Command) -> hf.Observation:
+        if isinstance(cmd, hf.CheckHealth):
+            return hf.Failed("service_state is STOPPED")
+        return healthy_node(cmd)
+
+    issued, finish = run(respond)
+    assert kinds(issued).count("CheckHealth") == 11  # every second for 10 s, then one past the limit
+    assert finish.outcome.outcome == "failed"
+    assert "not healthy after 10.0s" in finish.outcome.detail
+
+
+def test_health_that_recovers_finishes_ready() -> None:
+    answers: list[hf.Observation] = [hf.Failed("loading"), hf.Failed("loading"), hf.Ok()]
+
+    def respond(cmd: hf.Command) -> hf.Observation:
+        if isinstance(cmd, hf.CheckHealth):
+            return answers.pop(0)
+        return healthy_node(cmd)
+
+    issued, finish = run(respond)
+    assert kinds(issued).count("CheckHealth") == 3 and finish.outcome.outcome == "ready"
+
+
+def test_drain_timeout_is_reported_but_the_stop_goes_ahead() -> None:
+    def respond(cmd: hf.Command) -> hf.Observation:
+        return hf.Drained(2) if isinstance(cmd, hf.Drain) else healthy_node(cmd)
+
+    issued, finish = run(respond)
+    assert issued[1] == hf.SendStop(OLD)
+    assert finish.outcome.outcome == "ready"
+    assert "drain timed out with 2 request(s) in flight" in finish.outcome.detail
+
+
+def test_stop_only_handoff_for_a_pending_stop() -> None:
+    issued, finish = run(healthy_node, target=None, model=None)
+    assert issued == [hf.Drain((OLD,), 5), hf.SendStop(OLD), hf.ReadState(OLD)]
+    assert finish.confirmed == (OLD,) and not finish.serving
+
+
+def test_bring_up_only_for_a_node_with_nothing_to_stop() -> None:
+    issued, finish = run(healthy_node, stop=())
+    assert kinds(issued) == ["ReadState", "BringUp", "CheckHealth"]
+    assert finish.outcome.outcome == "ready"
+
+
+def test_node_without_a_model_fails_clearly() -> None:
+    _, finish = run(healthy_node, stop=(), model=None)
+    assert finish.outcome.outcome == "failed"
+    assert "no model configured" in finish.outcome.detail
+
+
+def test_unexpected_observation_is_an_error() -> None:
+    h, _ = hf.start("node-1", NEW, (OLD,), MODEL, POLICY, 0)
+    with pytest.raises(ValueError, match="not expected in phase drain"):
+        hf.advance(h, hf.Ok(), 0)
+
+
+def test_backoff_is_capped() -> None:
+    assert [POLICY.stop_backoff(n) for n in (1, 2, 3, 4, 10)] == [1, 2, 3, 3, 3]
+
+
+_ANSWERS = st.sampled_from(["ok", "500", "404", "none", "running"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    stop_answers=st.lists(_ANSWERS, max_size=12),
+    up_fails=st.integers(min_value=0, max_value=3),
+    health_fails=st.integers(min_value=0, max_value=20),
+)
+def test_any_sequence_of_answers_terminates_and_never_stops_the_target(
+    stop_answers: list[str], up_fails: int, health_fails: int
+) -> None:
+    answers = list(stop_answers)
+    counters = {"up": up_fails, "health": health_fails}
+
+    def respond(cmd: hf.Command) -> hf.Observation:
+        match cmd:
+            case hf.Drain():
+                return hf.Drained(0)
+            case hf.SendStop(version):
+                assert version != NEW
+                answer = answers.pop(0) if answers else "ok"
+                return hf.Ok() if answer in ("ok", "running") else hf.Failed(answer)
+            case hf.ReadState(version) if version == OLD:
+                answer = answers.pop(0) if answers else "ok"
+                return hf.StateIs("INFERENCE" if answer == "running" else "STOPPED")
+            case hf.ReadState():
+                return hf.StateIs("STOPPED")
+            case hf.BringUp() | hf.CheckHealth():
+                key = "up" if isinstance(cmd, hf.BringUp) else "health"
+                if counters[key]:
+                    counters[key] -= 1
+                    return hf.Failed("not yet")
+                return hf.Ok()
+        raise AssertionError(cmd)
+
+    _, finish = run(respond)
+    outcome = finish.outcome.outcome
+    assert outcome in ("ready", "stop_pending", "failed")
+    assert (outcome == "stop_pending") == bool(finish.unconfirmed)
+    assert set(finish.confirmed) | {v for v, _ in finish.unconfirmed} == {OLD}
+    assert finish.serving == (up_fails < POLICY.up_attempts and health_fails <= 10)
