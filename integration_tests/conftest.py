@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from integration_tests.backends import BACKEND, ContainerNats, docker_engine_problem
 from shared.bus import Bus
 from shared.embedded_nats import EmbeddedNats
 from shared.settings import NatsSettings
@@ -21,6 +22,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    """A nats-server of this test's own, from the backend MLNODE_TEST_BACKEND names."""
+    if BACKEND == "testcontainers":
+        problem = docker_engine_problem()
+        if problem:
+            pytest.skip(f"MLNODE_TEST_BACKEND=testcontainers: {problem}")
+        container = ContainerNats(tmp_path / "nats").start()
+        yield container  # type: ignore[misc]
+        container.stop()
+        return
     server = EmbeddedNats(tmp_path / "nats")
     server.start()
     yield server

@@ -1,20 +1,26 @@
 #!/usr/bin/env bash
-# Installs the system packages the tests and the local stack need (nginx), from Debian's
-# packages, only where missing. Never starts the distribution's own nginx service.
+# Installs the system packages the tests and the local stack need, from Debian's packages, only
+# where missing: nginx (the MLNode proxy) and docker-compose (validates deploy/ offline; no Docker
+# engine is needed or started). Never starts the distribution's own nginx service.
 set -euo pipefail
 
 have_nginx() { command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; }
-have_nginx && exit 0
+have_compose() { command -v docker-compose >/dev/null 2>&1; }
+
+missing=()
+have_nginx || missing+=(nginx)
+have_compose || missing+=(docker-compose)
+[ ${#missing[@]} -eq 0 ] && exit 0
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
   if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
-    echo "nginx is missing and this user cannot install it: install Debian's 'nginx' package" >&2
+    echo "missing ${missing[*]} and this user cannot install them: install Debian's packages ${missing[*]}" >&2
     exit 1
   fi
 fi
 
-echo "installing nginx from apt" >&2
+echo "installing ${missing[*]} from apt" >&2
 policy=/usr/sbin/policy-rc.d
 created_policy=0
 if [ ! -e "$policy" ]; then
@@ -22,5 +28,6 @@ if [ ! -e "$policy" ]; then
 fi
 trap '[ "$created_policy" = 1 ] && $SUDO rm -f "$policy"' EXIT
 $SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nginx >/dev/null
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 have_nginx || { echo "nginx install failed" >&2; exit 1; }
+have_compose || { echo "docker-compose install failed" >&2; exit 1; }

@@ -12,6 +12,7 @@ from typing import Any
 
 from shared.bus import ALL_STREAMS
 from shared.events import EVENT_TYPES, Event, RejectedMessage
+from shared.generated_files import stale_files, write_files
 
 HEADER = """\
 # Events
@@ -144,20 +145,9 @@ def render_all() -> dict[str, str]:
 
 
 def write_docs(docs_dir: Path) -> list[Path]:
-    written = []
-    for rel, content in render_all().items():
-        path = docs_dir / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(content)
-        written.append(path)
-    return written
+    return write_files(docs_dir, render_all())
 
 
 def stale_docs(docs_dir: Path) -> list[str]:
     """Files under docs_dir that differ from a fresh rendering (empty when up to date)."""
-    stale = []
-    for rel, content in render_all().items():
-        path = docs_dir / rel
-        if not path.exists() or path.read_text() != content:
-            stale.append(rel)
-    return stale
+    return stale_files(docs_dir, render_all())

@@ -6,6 +6,7 @@ first, so a bad config is a clear error rather than a proxy that never answers.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -66,7 +67,10 @@ class NginxProcess:
     def start(self) -> None:
         self.check()
         args = [*self._base_args(), "-c", str(self.conf_path), "-g", "daemon off;"]
-        self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Its own process group, so stopping it takes the workers too (a killed master orphans them).
+        self._proc = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         deadline = time.monotonic() + self.startup_timeout_s
         while not all(_listening(port) for port in self.ports):
             if self._proc.poll() is not None:
@@ -90,20 +94,33 @@ class NginxProcess:
         assert self._proc is not None
         self._proc.send_signal(signal.SIGHUP)
 
-    def stop(self) -> None:
-        """Graceful: SIGQUIT lets in-flight requests finish."""
-        if self._proc is None or self._proc.poll() is not None:
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Graceful (SIGQUIT lets in-flight requests finish), then fast, then the whole group killed."""
+        if self._proc is None:
             return
-        self._proc.send_signal(signal.SIGQUIT)
-        try:
-            self._proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGQUIT)
+            try:
+                self._proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                self._signal_group(signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._proc.wait(timeout=5)
+        self.kill()
 
     def kill(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
+        """SIGKILL to the master and its workers."""
+        if self._proc is None:
+            return
+        self._signal_group(signal.SIGKILL)
+        if self._proc.poll() is None:
             self._proc.kill()
-            self._proc.wait(timeout=10)
+        self._proc.wait(timeout=10)
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        assert self._proc is not None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, sig)
 
     def _error_tail(self) -> str:
         try:

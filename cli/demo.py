@@ -1,0 +1,333 @@
+"""`mlnode-upgrade demo`: a whole upgrade on the local stack, under load, checked end to end.
+
+Starts the stack, waits until every node serves the old version, sends steady inference load
+through the broker, proposes the new version a few blocks ahead, shows the switch live, and then
+checks what an operator cares about: the switch happened at the plan's height, every node
+serves the new version, the old version is stopped on every node, and no request failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter, deque
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from cli.propose import build_proposal
+from cli.stack import LocalStack, StackConfig, StackInfo
+
+__all__ = ["DemoSummary", "run_demo"]
+
+CHAT = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}
+
+
+@dataclass
+class LoadStats:
+    sent: int = 0
+    ok_by_version: Counter[str] = field(default_factory=Counter)
+    failures: list[str] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)
+    recent: deque[tuple[float, str]] = field(default_factory=lambda: deque(maxlen=10_000))
+    in_flight: int = 0
+
+    def rate_by_version(self, window_s: float = 2.0) -> dict[str, float]:
+        cutoff = time.monotonic() - window_s
+        counts = Counter(v for t, v in self.recent if t >= cutoff)
+        return {v: n / window_s for v, n in counts.items()}
+
+
+@dataclass
+class DemoSummary:
+    ok: bool
+    old_version: str
+    new_version: str
+    plan_height: int
+    switch_height: int | None
+    switched_at_plan_height: bool
+    block_to_all_ready_s: float | None
+    requests_sent: int
+    requests_by_version: dict[str, int]
+    failed_requests: int
+    failures: list[str]
+    latency_p50_ms: float | None
+    latency_p99_ms: float | None
+    old_version_stopped: dict[str, bool]
+    old_version_stop_calls: dict[str, int]
+    new_version_serving: dict[str, bool]
+    problems: list[str]
+    run_dir: str
+
+
+async def _send_one(client: httpx.AsyncClient, broker: str, stream: bool, stats: LoadStats) -> None:
+    stats.sent += 1
+    stats.in_flight += 1
+    started = time.monotonic()
+    try:
+        if stream:
+            async with client.stream(
+                "POST", f"{broker}/v1/chat/completions", json={**CHAT, "stream": True}
+            ) as r:
+                lines = [line async for line in r.aiter_lines() if line.startswith("data: ")]
+                if r.status_code != 200 or not lines or lines[-1] != "data: [DONE]":
+                    raise RuntimeError(f"stream answered {r.status_code} with {len(lines)} events")
+                version = r.headers.get("x-mlnode-version", "?")
+        else:
+            r = await client.post(f"{broker}/v1/chat/completions", json=CHAT)
+            if r.status_code != 200:
+                raise RuntimeError(f"HTTP {r.status_code}: {r.text[:200]}")
+            version = r.headers.get("x-mlnode-version", "?")
+        stats.ok_by_version[version] += 1
+        stats.recent.append((time.monotonic(), version))
+        stats.latencies_ms.append((time.monotonic() - started) * 1000)
+    except Exception as exc:  # every failure is a finding, whatever its kind
+        stats.failures.append(f"{type(exc).__name__}: {exc}")
+    finally:
+        stats.in_flight -= 1
+
+
+async def _load(broker: str, rps: float, stop: asyncio.Event, stats: LoadStats) -> None:
+    """Open-loop load: requests start on schedule whether or not earlier ones finished."""
+    tasks: set[asyncio.Task[None]] = set()
+    async with httpx.AsyncClient(
+        timeout=httpx.Timeout(120.0), limits=httpx.Limits(max_connections=200)
+    ) as client:
+        interval = 1.0 / rps
+        next_at = time.monotonic()
+        n = 0
+        while not stop.is_set():
+            task = asyncio.create_task(_send_one(client, broker, n % 5 == 0, stats))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            n += 1
+            next_at += interval
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))  # pacing the load
+        if tasks:
+            await asyncio.wait(tasks)
+
+
+async def _json(client: httpx.AsyncClient, url: str) -> Any:
+    try:
+        r = await client.get(url, timeout=3.0)
+        return r.json()
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+async def _height(client: httpx.AsyncClient, info: StackInfo) -> int:
+    status = await _json(client, f"{info.chain_rpc_url}/status")
+    try:
+        return int(status["result"]["sync_info"]["latest_block_height"])
+    except (TypeError, KeyError, ValueError):
+        return 0
+
+
+def _all_serving(status: Any, version: str, nodes: int) -> bool:
+    if not status:
+        return False
+    serving = [n for n in status.get("nodes", []) if n.get("version") == version and n.get("ready")]
+    return len(serving) == nodes
+
+
+def _view(info: StackInfo, height: int, target: int, registry: Any, broker: Any, stats: LoadStats) -> Group:
+    head = Table.grid(padding=(0, 2))
+    left = max(0, target - height)
+    head.add_row("block", f"{height}", "upgrade at", f"{target}", "blocks left", f"{left}")
+    if registry:
+        head.add_row(
+            "current",
+            str(registry.get("current_version")),
+            "last used",
+            str(registry.get("last_used_version")),
+        )
+    nodes = Table(title="nodes", show_lines=False)
+    for col in ("node", "version", "ready", "phase", "in flight"):
+        nodes.add_column(col)
+    for n in (broker or {}).get("nodes", []):
+        nodes.add_row(n["id"], str(n.get("version")), "yes" if n.get("ready") else "no", str(n.get("phase")),
+                      str(n.get("in_flight")))  # fmt: skip
+    load = Table(title="load through the broker")
+    for col in ("version", "req/s", "served"):
+        load.add_column(col)
+    rates = stats.rate_by_version()
+    for version in sorted(set(stats.ok_by_version) | set(rates)):
+        load.add_row(version, f"{rates.get(version, 0.0):.1f}", str(stats.ok_by_version[version]))
+    load.add_row("failed", "", str(len(stats.failures)), style="red" if stats.failures else "green")
+    return Group(head, nodes, load)
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
+
+
+async def _block_time(client: httpx.AsyncClient, info: StackInfo, height: int) -> float | None:
+    block = await _json(client, f"{info.chain_rpc_url}/block?height={height}")
+    try:
+        stamp = block["result"]["block"]["header"]["time"]
+    except (TypeError, KeyError):
+        return None
+    # RFC 3339 with nanoseconds; Python takes microseconds.
+    main, _, rest = stamp.rstrip("Z").partition(".")
+    frac = (rest[:6] if rest else "0").ljust(6, "0")
+    return datetime.fromisoformat(f"{main}.{frac}+00:00").timestamp()
+
+
+async def drive(
+    info: StackInfo, *, rps: float, lead_blocks: int, console: Console, live: bool, timeout_s: float = 120.0
+) -> DemoSummary:
+    problems: list[str] = []
+    old, new = info.old_version, info.new_version
+    nodes = len(info.proxies)
+    stats = LoadStats()
+    async with httpx.AsyncClient() as client:
+        # 1. Every node serves the old version.
+        deadline = time.monotonic() + timeout_s
+        while not _all_serving(await _json(client, f"{info.broker_url}/upgrade/status"), old, nodes):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the nodes did not come up on {old} within {timeout_s}s")
+            await asyncio.sleep(0.2)  # polling the stack's state with a deadline
+        console.print(f"[green]every node serves {old}[/]; sending {rps:g} requests/s through the broker")
+
+        stop_load = asyncio.Event()
+        load = asyncio.create_task(_load(info.broker_url, rps, stop_load, stats))
+
+        # 2. Propose the new version a few blocks after the voting period.
+        target = await _height(client, info) + info.voting_period_blocks + lead_blocks
+        proposal = build_proposal(
+            height=target,
+            node_version=new,
+            title=f"MLNode upgrade to {new} at height {target}",
+            summary="demo",
+            deposit="10000000ngonka",
+        )
+        r = await client.post(f"{info.chain_rpc_url}/gov/proposals", json=proposal)
+        if r.status_code != 200:
+            raise RuntimeError(f"mock_chain refused the proposal: {r.text}")
+        console.print(f"proposed {new} at height {target} (voting period {info.voting_period_blocks} blocks)")
+
+        # 3. Watch until every node serves the new version and the registry recorded it.
+        ready_at: float | None = None
+        blocks_left = target - await _height(client, info)
+        deadline = time.monotonic() + timeout_s + blocks_left * info.block_time_s * 2
+        with Live(console=console, refresh_per_second=4, transient=False, auto_refresh=live) as view:
+            while True:
+                height = await _height(client, info)
+                registry = await _json(client, f"{info.registry_url}/state")
+                broker = await _json(client, f"{info.broker_url}/upgrade/status")
+                if live:
+                    view.update(_view(info, height, target, registry, broker, stats))
+                if ready_at is None and _all_serving(broker, new, nodes):
+                    ready_at = time.time()
+                if ready_at is not None and registry and registry.get("last_used_version") == new:
+                    break
+                if time.monotonic() > deadline:
+                    problems.append(f"not every node served {new} within {timeout_s}s of the proposal")
+                    break
+                await asyncio.sleep(0.1)  # display refresh and state polling
+            if not live:
+                view.update(_view(info, await _height(client, info), target, registry, broker, stats))
+        # Keep the load on a little after the switch, then let in-flight requests finish.
+        await asyncio.sleep(2.0)
+        stop_load.set()
+        await load
+
+        # 4. Check the result.
+        history = await _json(client, f"{info.registry_url}/history")
+        switches = [t for t in (history or {}).get("transitions", []) if t.get("current") == new]
+        switch_height = switches[-1]["height"] if switches else None
+        if switch_height != target:
+            problems.append(f"the switch happened at height {switch_height}, the plan said {target}")
+        block_at = await _block_time(client, info, target)
+        block_to_ready = round(ready_at - block_at, 3) if ready_at and block_at else None
+
+        stopped: dict[str, bool] = {}
+        stop_calls: dict[str, int] = {}
+        serving: dict[str, bool] = {}
+        for node, urls in info.mlnodes.items():
+            old_state = await _json(client, f"{urls[old]}/api/v1/state")
+            new_state = await _json(client, f"{urls[new]}/api/v1/state")
+            stops = await _json(client, f"{urls[old]}/mock/requests?route=/api/v1/stop&method=POST")
+            stopped[node] = (old_state or {}).get("state") == "STOPPED"
+            serving[node] = (new_state or {}).get("state") == "INFERENCE"
+            stop_calls[node] = len((stops or {}).get("requests", []))
+            if not stopped[node]:
+                problems.append(f"{node}: {old} is {old_state}, not STOPPED")
+            if not serving[node]:
+                problems.append(f"{node}: {new} is {new_state}, not serving")
+        if stats.failures:
+            problems.append(f"{len(stats.failures)} requests failed")
+        if not stats.ok_by_version.get(new):
+            problems.append(f"no request was served by {new}")
+
+    return DemoSummary(
+        ok=not problems,
+        old_version=old,
+        new_version=new,
+        plan_height=target,
+        switch_height=switch_height,
+        switched_at_plan_height=switch_height == target,
+        block_to_all_ready_s=block_to_ready,
+        requests_sent=stats.sent,
+        requests_by_version=dict(stats.ok_by_version),
+        failed_requests=len(stats.failures),
+        failures=stats.failures[:20],
+        latency_p50_ms=_percentile(stats.latencies_ms, 0.50),
+        latency_p99_ms=_percentile(stats.latencies_ms, 0.99),
+        old_version_stopped=stopped,
+        old_version_stop_calls=stop_calls,
+        new_version_serving=serving,
+        problems=problems,
+        run_dir=info.run_dir,
+    )
+
+
+def print_summary(summary: DemoSummary, console: Console) -> None:
+    table = Table(title="upgrade summary", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    table.add_row("versions", f"{summary.old_version} -> {summary.new_version}")
+    table.add_row("plan height / switch height", f"{summary.plan_height} / {summary.switch_height}")
+    table.add_row("block to every node ready", f"{summary.block_to_all_ready_s} s")
+    served = ", ".join(f"{v}: {n}" for v, n in sorted(summary.requests_by_version.items()))
+    table.add_row("requests served", served)
+    table.add_row("failed requests", str(summary.failed_requests))
+    table.add_row("latency p50 / p99", f"{summary.latency_p50_ms} / {summary.latency_p99_ms} ms")
+    for node, stopped in summary.old_version_stopped.items():
+        calls = summary.old_version_stop_calls[node]
+        table.add_row(
+            f"{node}: {summary.old_version}", f"{'STOPPED' if stopped else 'NOT STOPPED'} ({calls} stop)"
+        )
+    console.print(table)
+    for problem in summary.problems:
+        console.print(f"[red]problem:[/] {problem}")
+    console.print("[green]upgrade OK[/]" if summary.ok else "[red]upgrade FAILED[/]")
+
+
+def run_demo(config: StackConfig, *, out: Path, rps: float, lead_blocks: int, live: bool) -> int:
+    console = Console()
+    deaths: list[str] = []
+    stack = LocalStack(config, on_exit=lambda e: deaths.append(f"{e.name} exited with {e.returncode}"))
+    console.print(f"starting the local stack in {config.run_dir} ...")
+    with stack:
+        assert stack.info is not None
+        summary = asyncio.run(drive(stack.info, rps=rps, lead_blocks=lead_blocks, console=console, live=live))
+        stack.check()
+    if deaths:
+        summary.problems += deaths
+        summary.ok = False
+    print_summary(summary, console)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(asdict(summary), indent=2) + "\n")
+    console.print(f"summary written to {out}")
+    return 0 if summary.ok else 1
