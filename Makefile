@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps test unit integration lint proto docs demo clean
+.PHONY: setup system-deps test unit integration chaos lint proto docs demo clean
 
 setup: $(STAMP) system-deps
 
@@ -27,6 +27,9 @@ unit: $(STAMP)
 
 integration: setup
 	$(BIN)/pytest integration_tests $(PYTEST_ARGS)
+
+chaos: setup
+	$(BIN)/pytest -m chaos integration_tests -s $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cli.supervisor import ChildExit, ProcessSpec, Supervisor
 from shared.embedded_nats import find_nats_server, free_port
-from shared.nats_config import SERVICE_ACCESS, NatsUser, render_server_config
+from shared.nats_config import SERVICE_ACCESS, ClusterConfig, NatsUser, render_server_config
 from shared.nginx_config import HEALTH_PATH, ProxyServer, VersionUpstream, render_nginx_conf
 from shared.nginx_process import find_nginx
 from shared.versions import parse_version
@@ -39,6 +39,8 @@ class StackConfig:
     stream_chunk_delay_s: float = 0.02
     reconcile_interval_s: float = 5.0
     log_level: str = "INFO"
+    nats_servers: int = 1  # 3: a routed JetStream cluster, streams and buckets with 3 replicas
+    extra_env: tuple[tuple[str, str], ...] = ()  # more settings for the services, e.g. shorter timeouts
 
     def __post_init__(self) -> None:
         parse_version(self.old_version)
@@ -110,12 +112,18 @@ class LocalStack:
         return directory
 
     def _nats_env(self, prefix: str, user: str, url: str, secrets_dir: Path) -> dict[str, str]:
-        return {
+        env = {
             f"{prefix}NATS__URL": url,
             f"{prefix}NATS__USER": user,
             f"{prefix}NATS__PASSWORD_FILE": str(secrets_dir / f"{user}.password"),
+            f"{prefix}NATS__REPLICAS": str(min(self.config.nats_servers, 3)),
             f"{prefix}LOG_LEVEL": self.config.log_level,
         }
+        env.update(self._extra(prefix))
+        return env
+
+    def _extra(self, prefix: str) -> dict[str, str]:
+        return {k: v for k, v in self.config.extra_env if k.startswith(prefix)}
 
     # -- start / stop ------------------------------------------------------------------------
 
@@ -126,35 +134,14 @@ class LocalStack:
         py = sys.executable
         sup = self.supervisor
 
-        # NATS with a user per service.
-        nats_port, nats_monitor = free_port(), free_port()
+        # NATS with a user per service (one server, or a routed cluster).
         users = [
             NatsUser(user, (secrets_dir / f"{user}.password").read_text().strip(), access)
             for user, access in SERVICE_ACCESS.items()
         ]
-        nats_dir = self.run_dir / "nats"
-        nats_dir.mkdir(parents=True, exist_ok=True)
-        conf = nats_dir / "nats-server.conf"
-        conf.write_text(
-            render_server_config(
-                server_name="local",
-                host="127.0.0.1",
-                port=nats_port,
-                http_port=nats_monitor,
-                store_dir=nats_dir / "jetstream",
-                users=users,
-            )
-        )
-        conf.chmod(0o600)
-        nats_url = f"nats://127.0.0.1:{nats_port}"
-        sup.start(
-            ProcessSpec(
-                "nats",
-                [find_nats_server(), "-c", str(conf)],
-                ready_url=f"http://127.0.0.1:{nats_monitor}/healthz?js-enabled-only=true",
-            )
-        )
-
+        nats_urls, nats_monitors = self._start_nats(users)
+        nats_url = ",".join(nats_urls)
+        nats_monitor = nats_monitors[0]
         # The chain.
         rpc_port, grpc_port = free_port(), free_port()
         sup.start(
@@ -168,6 +155,7 @@ class LocalStack:
                     "MOCK_CHAIN_VOTING_PERIOD_BLOCKS": str(cfg.voting_period_blocks),
                     "MOCK_CHAIN_GENESIS_VERSION": cfg.old_version,
                     "MOCK_CHAIN_LOG_LEVEL": cfg.log_level,
+                    **self._extra("MOCK_CHAIN_"),
                 },
                 ready_url=f"http://127.0.0.1:{rpc_port}/status",
             )
@@ -192,6 +180,7 @@ class LocalStack:
                             "MOCK_MLNODE_MODEL_LOAD_S": str(cfg.model_load_s),
                             "MOCK_MLNODE_STREAM_CHUNK_DELAY_S": str(cfg.stream_chunk_delay_s),
                             "MOCK_MLNODE_LOG_LEVEL": cfg.log_level,
+                            **self._extra("MOCK_MLNODE_"),
                         },
                         ready_url=f"http://127.0.0.1:{port}/livez",
                     )
@@ -277,7 +266,7 @@ class LocalStack:
         self.info = StackInfo(
             run_dir=str(self.run_dir),
             nats_url=nats_url,
-            nats_monitor_url=f"http://127.0.0.1:{nats_monitor}",
+            nats_monitor_url=nats_monitor,
             chain_rpc_url=f"http://127.0.0.1:{rpc_port}",
             chain_grpc_address=f"127.0.0.1:{grpc_port}",
             registry_url=f"http://127.0.0.1:{registry_port}",
@@ -310,6 +299,53 @@ class LocalStack:
                 }
             )
         return nodes
+
+    def _start_nats(self, users: list[NatsUser]) -> tuple[list[str], list[str]]:
+        count = self.config.nats_servers
+        ports = [(free_port(), free_port(), free_port()) for _ in range(count)]  # client, monitor, route
+        urls, monitors = [], []
+        for i, (port, monitor, route) in enumerate(ports):
+            directory = self.run_dir / "nats" / f"n{i}"
+            directory.mkdir(parents=True, exist_ok=True)
+            cluster = None
+            if count > 1:
+                routes = [f"nats-route://127.0.0.1:{r}" for j, (_, _, r) in enumerate(ports) if j != i]
+                cluster = ClusterConfig("local", "127.0.0.1", route, routes)
+            conf = directory / "nats-server.conf"
+            conf.write_text(
+                render_server_config(
+                    server_name=f"n{i}",
+                    host="127.0.0.1",
+                    port=port,
+                    http_port=monitor,
+                    store_dir=directory / "jetstream",
+                    cluster=cluster,
+                    users=users,
+                )
+            )
+            conf.chmod(0o600)
+            urls.append(f"nats://127.0.0.1:{port}")
+            monitors.append(f"http://127.0.0.1:{monitor}")
+            # In a cluster a server is ready once it answers; JetStream needs its peers first.
+            ready = "/healthz?js-enabled-only=true" if count == 1 else "/varz"
+            self.supervisor.start(
+                ProcessSpec(
+                    "nats" if count == 1 else f"nats-{i}",
+                    [find_nats_server(), "-c", str(conf)],
+                    ready_url=f"http://127.0.0.1:{monitor}{ready}",
+                )
+            )
+        if count > 1:
+            for monitor_url in monitors:
+                self.supervisor.wait_for_url(f"{monitor_url}/healthz?js-enabled-only=true", 60.0)
+        return urls, monitors
+
+    def pid(self, name: str) -> int:
+        """The pid of one supervised process (e.g. `broker`, `nats-1`, `mlnode-node-1-v3.0.6`)."""
+        pids = self.supervisor.pids()
+        if name not in pids:
+            raise KeyError(f"{name} is not running; running: {sorted(pids)}")
+        return pids[name]
 
     def check(self) -> list[ChildExit]:
         return self.supervisor.check()

@@ -116,6 +116,14 @@ class Supervisor:
                 )
             time.sleep(0.05)  # polling a condition with a deadline
 
+    def wait_for_url(self, url: str, timeout_s: float) -> None:
+        """Wait until `url` answers 200 (e.g. a cluster that needs all its members first)."""
+        deadline = time.monotonic() + timeout_s
+        while not _answers(url):
+            if time.monotonic() > deadline:
+                raise SupervisorError(f"{url} did not answer 200 within {timeout_s}s")
+            time.sleep(0.05)  # polling a condition with a deadline
+
     # -- watching ----------------------------------------------------------------------------
 
     def check(self) -> list[ChildExit]:
@@ -150,6 +158,15 @@ class Supervisor:
         child.restarts += 1
         log.warning("restarting", extra={"child": child.spec.name, "restart": child.restarts})
         self._spawn(child)
+
+    def set_restart(self, name: str, restart: bool) -> None:
+        """Turn automatic restarts of one child off (keep it down) or back on."""
+        for child in self._children:
+            if child.spec.name == name:
+                child.spec = ProcessSpec(**{**child.spec.__dict__, "restart": restart})
+                child.restarts = 0 if restart else child.restarts
+                return
+        raise KeyError(name)
 
     def pids(self) -> dict[str, int]:
         return {

@@ -7,6 +7,7 @@ at start-up, so there is no separate provisioning step and no drift between serv
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import ssl
 import time
@@ -162,12 +163,25 @@ class Bus:
                 # nats-py's first connect loops forever with max_reconnect_attempts=-1, so it
                 # tries each server once here and our loop owns the backoff and the deadline;
                 # once connected the client reconnects forever.
-                nc = await nats.connect(
-                    **{**opts, "max_reconnect_attempts": 1},
-                    reconnected_cb=on_reconnect,
-                    disconnected_cb=on_disconnect,
-                    error_cb=on_error,
-                )
+                # It can also hang after a failed TLS handshake, so each attempt has a deadline.
+                nc = NatsClient()
+                attempt_s = settings.connect_timeout_s * (2 * len(settings.servers) + 1) + 1.0
+                try:
+                    await asyncio.wait_for(
+                        nc.connect(
+                            **{**opts, "max_reconnect_attempts": 1},
+                            reconnected_cb=on_reconnect,
+                            disconnected_cb=on_disconnect,
+                            error_cb=on_error,
+                        ),
+                        attempt_s,
+                    )
+                except TimeoutError:
+                    with contextlib.suppress(Exception):
+                        await nc.close()
+                    raise TimeoutError(
+                        f"no connection within {attempt_s:.1f}s (last error: {nc.last_error!r})"
+                    ) from None
                 nc.options["max_reconnect_attempts"] = opts["max_reconnect_attempts"]
                 break
             except (OSError, nats.errors.Error, TimeoutError, ssl.SSLError) as exc:
