@@ -94,6 +94,18 @@ class NatsSettings(BaseModel):
         return self.token.get_secret_value() if self.token else _read_secret(self.token_file)
 
 
+class AdminTokenSettings(BaseModel):
+    """A bearer token for a service's admin routes, given inline or (better) as a file."""
+
+    admin_token: SecretStr | None = None
+    admin_token_file: Path | None = None
+
+    def resolved_admin_token(self) -> str | None:
+        if self.admin_token is not None:
+            return self.admin_token.get_secret_value() or None
+        return _read_secret(self.admin_token_file) or None
+
+
 class ServiceSettings(BaseSettings):
     """Common to all services; subclasses set `env_prefix`."""
 

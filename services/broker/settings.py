@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.broker.coordinator import Policies
 from services.broker.handoff import HandoffPolicy
 from services.broker.mlnode_client import ClientTimeouts
-from shared.settings import ServiceSettings
+from shared.settings import AdminTokenSettings, ServiceSettings
 
 __all__ = ["BrokerSettings", "ClientSettings", "HandoffSettings"]
 
@@ -57,7 +57,9 @@ class ClientSettings(BaseModel):
         )
 
 
-class BrokerSettings(ServiceSettings):
+class BrokerSettings(ServiceSettings, AdminTokenSettings):
+    """Adding, changing and removing nodes over HTTP needs `Authorization: Bearer <admin token>`."""
+
     model_config = SettingsConfigDict(
         env_prefix="BROKER_", env_nested_delimiter="__", extra="ignore", frozen=True
     )
@@ -80,16 +82,6 @@ class BrokerSettings(ServiceSettings):
     handoff: HandoffSettings = HandoffSettings()
     heal_health_timeout_s: Seconds = 30.0
     client: ClientSettings = ClientSettings()
-    # Adding, changing and removing nodes over HTTP needs `Authorization: Bearer <token>`.
-    admin_token: SecretStr | None = None
-    admin_token_file: Path | None = None
-
-    def resolved_admin_token(self) -> str | None:
-        if self.admin_token is not None:
-            return self.admin_token.get_secret_value()
-        if self.admin_token_file is not None:
-            return self.admin_token_file.read_text().strip() or None
-        return None
 
     @model_validator(mode="after")
     def _wait_outlasts_handoff_steps(self) -> BrokerSettings:
