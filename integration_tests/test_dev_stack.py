@@ -97,6 +97,19 @@ def test_dev_up_status_child_death_and_ctrl_c_leaves_nothing(tmp_path: Path) -> 
         assert report["current_version"] == "v3.0.6" and report["height"] >= 1
         assert {n["id"] for n in report["nodes"]} == {"node-1", "node-2"}
 
+        # The thin clients: nodes and rollback, with the stack's admin token.
+        listed = cli("nodes", "list", "--run-dir", str(run_dir))
+        assert listed.returncode == 0 and {n["id"] for n in json.loads(listed.stdout)} == {"node-1", "node-2"}
+        removed = cli("nodes", "remove", "node-2", "--run-dir", str(run_dir))
+        assert removed.returncode == 0, removed.stderr
+        listed = cli("nodes", "list", "--run-dir", str(run_dir))
+        assert [n["id"] for n in json.loads(listed.stdout)] == ["node-1"]
+        refused = cli("rollback", "--version", "v3.0.6", "--reason", "drill", "--run-dir", str(run_dir))
+        assert refused.returncode == 1 and "already the current version" in refused.stderr
+        rolled = cli("rollback", "--version", "v3.0.8", "--reason", "drill", "--run-dir", str(run_dir))
+        assert rolled.returncode == 0, rolled.stderr
+        assert json.loads(rolled.stdout)["rollback_active"] is True
+
         # A child that dies is reported, and restarted.
         watcher_pid = next(
             p for p in pids if b"services.chain_watcher" in Path(f"/proc/{p}/cmdline").read_bytes()
