@@ -34,7 +34,7 @@ chaos: setup
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy shared cli proto/generate.py mock_mlnode mock_chain services
+	$(BIN)/mypy shared cli proto/generate.py mock_mlnode mock_chain services bench
 
 proto: $(STAMP)
 	$(BIN)/python -m proto.generate
@@ -44,6 +44,13 @@ docs: $(STAMP)
 
 demo: setup
 	$(BIN)/mlnode-upgrade demo
+
+.PHONY: bench bench-quick
+bench: setup
+	$(BIN)/python -m bench
+
+bench-quick: setup
+	$(BIN)/python -m bench --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info

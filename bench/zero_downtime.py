@@ -1,0 +1,228 @@
+"""Zero downtime: a constant request rate through the broker across an upgrade, ours against the original.
+
+The rates are those of the issue (100 and 500 requests per second) and one between them, to
+show where the machine runs out of headroom. For each rate, two fresh stacks run the same
+scenario one after the other: nodes serving the old version, the plan one block away, an
+open-loop load through the broker, the upgrade block committed a few seconds in, the load kept
+on while the new model loads (2 s) and after. One stack runs our broker, the other the baseline
+that behaves like the original implementation (`bench/baselines/original_broker.py`: periodic
+refresh tick, fire-and-forget stop, routing to the new version before its model is loaded).
+Requests are sorted into before / during / after by when they were sent relative to the block's
+own time, and into one-second buckets (`timeline`) to show whether latency recovers.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from bench.harness import NEW, OLD, BenchStack, StackConfig
+from bench.loadgen import RawClient, Sample, open_loop, sequential
+from bench.result import BenchContext, BenchResult, Check
+from bench.stats import ratio, summarize_ms
+
+__all__ = ["Plan", "phases", "run", "timeline"]
+
+PATH = "/v1/chat/completions"
+
+
+@dataclass(frozen=True)
+class Plan:
+    rates: tuple[int, ...]
+    nodes: int
+    model_load_s: float
+    completion_delay_s: float
+    before_s: float
+    during_s: float
+    after_s: float
+    baseline_tick_s: float  # both of the baseline's periods (the original's are 30 s and 60 s)
+
+
+FULL = Plan((100, 250, 500), 4, 2.0, 0.01, 3.0, 8.0, 3.0, 2.0)
+QUICK = Plan((50,), 2, 0.5, 0.01, 1.0, 4.0, 1.0, 1.0)
+
+
+def phases(samples: list[Sample], block_at: float, during_s: float) -> dict[str, list[Sample]]:
+    """Requests by when they were sent: before the block, within `during_s` after it, and later."""
+    out: dict[str, list[Sample]] = {"before": [], "during": [], "after": []}
+    for s in samples:
+        if s.sent_wall < block_at:
+            out["before"].append(s)
+        elif s.sent_wall < block_at + during_s:
+            out["during"].append(s)
+        else:
+            out["after"].append(s)
+    return out
+
+
+def timeline(samples: list[Sample], block_at: float, bucket_s: float = 1.0) -> list[dict[str, Any]]:
+    """Per `bucket_s` of send time (seconds from the block): requests, failures, p50 and max latency.
+
+    Shows whether latency recovers after the switch or keeps growing (a backlog the machine
+    cannot drain), which the three phase summaries alone hide.
+    """
+    buckets: dict[int, list[Sample]] = {}
+    for s in samples:
+        buckets.setdefault(int((s.sent_wall - block_at) // bucket_s), []).append(s)
+    out = []
+    for key in sorted(buckets):
+        group = buckets[key]
+        ok = [s.latency_s for s in group if s.ok]
+        summary = summarize_ms(ok)
+        out.append(
+            {
+                "t_s": round(key * bucket_s, 3),
+                "requests": len(group),
+                "failed": len(group) - len(ok),
+                "p50_ms": summary["p50_ms"],
+                "max_ms": summary["max_ms"],
+            }
+        )
+    return out
+
+
+def _phase_figures(samples: list[Sample]) -> dict[str, Any]:
+    ok = [s.latency_s for s in samples if s.ok]
+    return {"requests": len(samples), "failed": sum(not s.ok for s in samples), **summarize_ms(ok)}
+
+
+async def run_variant(ctx: BenchContext, kind: str, rate: int, plan: Plan) -> dict[str, Any]:
+    cfg = StackConfig(
+        run_dir=ctx.work_dir / f"zero-downtime-{kind}-{rate}",
+        nodes=plan.nodes,
+        model_load_s=plan.model_load_s,
+        completion_delay_s=plan.completion_delay_s,
+        broker="ours" if kind == "ours" else "baseline",
+        baseline_refresh_s=plan.baseline_tick_s,
+        baseline_status_s=plan.baseline_tick_s,
+        profile=ctx.profile,
+    )
+    async with BenchStack(cfg) as stack:
+        await stack.settle(OLD)
+        height = await stack.schedule(NEW)
+        client = RawClient("127.0.0.1", stack.broker_port)
+        await sequential(client, PATH, 20)  # warm the connections and the broker's code paths
+        block: dict[str, float] = {}
+
+        async def commit() -> None:
+            await stack.advance(1)
+            block["at"] = await stack.block_time(height)
+
+        duration = plan.before_s + plan.during_s + plan.after_s
+        cpu_before = stack.cpu()
+        samples = await open_loop(client, PATH, rate, duration, at_offsets={plan.before_s: commit})
+        cpu_after = stack.cpu()
+        client.close()
+        stack.check_alive()
+        await stack.settle(NEW, timeout_s=60)
+        old_states = {
+            i["node"]: i["state"]
+            for i in (await stack.call_json("GET", f"{stack.mock_url(OLD)}/mock/instances"))["instances"]
+        }
+    block_at = block["at"]
+    by_phase = phases(samples, block_at, plan.during_s)
+    figures = {name: _phase_figures(group) for name, group in by_phase.items()}
+    before_p50, after_p50 = figures["before"]["p50_ms"], figures["after"]["p50_ms"]
+    failed = [s for s in samples if not s.ok]
+    new_ok = [s.sent_wall + s.latency_s - block_at for s in samples if s.ok and s.version == NEW]
+    errors: dict[str, int] = {}
+    for s in failed:
+        key = f"{s.status} {s.error[:60]}"
+        errors[key] = errors.get(key, 0) + 1
+    return {
+        "requests": len(samples),
+        "failed": len(failed),
+        "offered_rps": rate,
+        "served_by_version": {v: sum(1 for s in samples if s.ok and s.version == v) for v in (OLD, NEW)},
+        "phases": figures,
+        # Back to normal after the switch: the median within twice what it was before.
+        "latency_recovered": (
+            before_p50 is not None and after_p50 is not None and after_p50 <= 2 * before_p50
+        ),
+        "failure_window_s": (
+            round(max(s.sent_wall for s in failed) - min(s.sent_wall for s in failed), 3) if failed else 0.0
+        ),
+        "first_new_version_answer_after_block_s": round(min(new_ok), 3) if new_ok else None,
+        "errors": dict(sorted(errors.items(), key=lambda kv: -kv[1])[:5]),
+        "old_version_stopped_on_every_node": set(old_states.values()) == {"STOPPED"},
+        "cpu_ms_per_request": {
+            k: round((v - cpu_before.get(k, 0.0)) * 1000 / max(len(samples), 1), 3)
+            for k, v in cpu_after.items()
+            if k in ("broker", "baseline-broker", f"mlnode-{OLD}", f"mlnode-{NEW}", "nginx")
+        },
+        "timeline": timeline(samples, block_at),
+    }
+
+
+async def run(ctx: BenchContext) -> BenchResult:
+    plan = QUICK if ctx.quick else FULL
+    started = time.monotonic()
+    by_rate: dict[str, Any] = {}
+    checks: list[Check] = []
+    rows: list[tuple[str, str]] = []
+    for rate in plan.rates:
+        ours = await run_variant(ctx, "ours", rate, plan)
+        ctx.say(f"  {rate} rps, ours: {ours['failed']} failed of {ours['requests']}")
+        base = await run_variant(ctx, "baseline", rate, plan)
+        ctx.say(f"  {rate} rps, baseline: {base['failed']} failed of {base['requests']}")
+        by_rate[str(rate)] = {
+            "ours": ours,
+            "baseline": base,
+            "failed_ratio_baseline_to_ours": ratio(base["failed"], ours["failed"]),
+            "p99_during_ratio_ours_to_baseline": ratio(
+                ours["phases"]["during"]["p99_ms"], base["phases"]["during"]["p99_ms"]
+            ),
+        }
+        checks.append(Check.at_most(f"failed requests at {rate} rps (ours)", ours["failed"], 0, "requests"))
+        for name, v in (("ours", ours), ("baseline", base)):
+            p = v["phases"]
+            rows.append(
+                (
+                    f"{rate} rps {name}: failed; p50|p99 before / during / after",
+                    f"{v['failed']}/{v['requests']}; "
+                    + " / ".join(
+                        f"{p[k]['p50_ms']}|{p[k]['p99_ms']} ms" for k in ("before", "during", "after")
+                    )
+                    + ("" if v["latency_recovered"] else " (latency did not recover)"),
+                )
+            )
+        ours_share = ours["failed"] / max(ours["requests"], 1)
+        base_share = base["failed"] / max(base["requests"], 1)
+        times = by_rate[str(rate)]["failed_ratio_baseline_to_ours"]
+        rows.append(
+            (
+                f"{rate} rps: failed share ours vs baseline",
+                f"{ours_share:.2%} vs {base_share:.2%}"
+                + (f" (baseline fails {times}x as often)" if times is not None else " (ours: none failed)"),
+            )
+        )
+    top = str(max(plan.rates))
+    figures = {
+        "plan": {
+            "nodes": plan.nodes,
+            "model_load_s": plan.model_load_s,
+            "completion_delay_s": plan.completion_delay_s,
+            "before_s": plan.before_s,
+            "during_s": plan.during_s,
+            "after_s": plan.after_s,
+            "baseline_refresh_tick_s": plan.baseline_tick_s,
+            "baseline_status_tick_s": plan.baseline_tick_s,
+            "original_periods_s": {"refresh": 30, "status": 60},
+        },
+        "rates": by_rate,
+        "p99_during_ms_at_top_rate": {
+            "ours": by_rate[top]["ours"]["phases"]["during"]["p99_ms"],
+            "baseline": by_rate[top]["baseline"]["phases"]["during"]["p99_ms"],
+        },
+        "max_latency_during_s_ours": _max_during(by_rate),
+    }
+    return BenchResult("zero_downtime", figures, checks, rows, time.monotonic() - started)
+
+
+def _max_during(by_rate: dict[str, Any]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for rate, v in by_rate.items():
+        ms = v["ours"]["phases"]["during"]["max_ms"]
+        out[rate] = None if ms is None else round(ms / 1000, 3)
+    return out
