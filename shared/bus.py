@@ -13,7 +13,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import nats
 import nats.errors
@@ -107,6 +107,16 @@ def connect_options(settings: NatsSettings, service: str) -> dict[str, Any]:
         if settings.tls_hostname:
             opts["tls_hostname"] = settings.tls_hostname
     return opts
+
+
+# Answers of a JetStream cluster that is still forming or electing: worth retrying, not fatal.
+_PLACEMENT_NOT_YET = ("no suitable peers", "insufficient resources", "temporarily unavailable")
+
+T = TypeVar("T")
+
+
+class _BucketExists(Exception):
+    """The bucket is there already: update it instead."""
 
 
 # Failures a publish can retry: the server (or its JetStream) is briefly away, not a refusal.
@@ -241,10 +251,32 @@ class Bus:
 
     async def ensure_streams(self, specs: tuple[StreamSpec, ...] = ALL_STREAMS) -> None:
         for spec in specs:
-            await self.ensure_stream(spec)
+            await self._while_cluster_forms(lambda spec=spec: self.ensure_stream(spec))  # type: ignore[misc]
+
+    async def _while_cluster_forms(self, op: Callable[[], Awaitable[T]], wait_s: float = 30.0) -> T:
+        """Retry `op` while a forming or recovering cluster cannot place replicas yet."""
+        deadline = time.monotonic() + wait_s
+        delay = 0.2
+        while True:
+            try:
+                return await op()
+            except BusError as exc:
+                transient = any(text in str(exc) for text in _PLACEMENT_NOT_YET)
+                if not transient or time.monotonic() >= deadline:
+                    raise
+                log.warning("cluster not ready for placement, retrying", extra={"error": str(exc)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def ensure_bucket(self, spec: BucketSpec) -> KeyValue:
         """Create the KV bucket, or bring its stream to this history and replica count."""
+        try:
+            return await self._while_cluster_forms(lambda: self._create_bucket(spec))
+        except _BucketExists:
+            pass
+        return await self._update_bucket(spec)
+
+    async def _create_bucket(self, spec: BucketSpec) -> KeyValue:
         try:
             return await self.js.create_key_value(
                 bucket=spec.name,
@@ -256,6 +288,9 @@ class Bus:
         except nats.js.errors.BadRequestError as exc:
             if exc.err_code != STREAM_NAME_IN_USE:
                 raise BusError(f"cannot create KV bucket {spec.name}: {exc.description}") from exc
+            raise _BucketExists from None
+
+    async def _update_bucket(self, spec: BucketSpec) -> KeyValue:
         info = await self.js.stream_info(f"KV_{spec.name}")
         assert info.config is not None
         wanted = info.config.evolve(

@@ -21,6 +21,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from shared.logging import get_logger
 from shared.nats_config import ClusterConfig, NatsUser, render_server_config
@@ -131,15 +132,19 @@ class EmbeddedNats:
                 start_new_session=True,
             )
 
-    def meta_leader(self) -> str | None:
-        """The JetStream meta leader this server knows of (clusters only)."""
+    def meta_cluster(self) -> dict[str, Any]:
+        """The JetStream meta group as this server sees it (clusters only; empty when unknown)."""
         url = f"http://{self.host}:{self.monitor_port}/jsz"
         try:
             with urllib.request.urlopen(url, timeout=1) as resp:
                 info = json.loads(resp.read())
         except (OSError, urllib.error.URLError, ValueError):
-            return None
-        leader = (info.get("meta_cluster") or {}).get("leader")
+            return {}
+        meta = info.get("meta_cluster") or {}
+        return meta if isinstance(meta, dict) else {}
+
+    def meta_leader(self) -> str | None:
+        leader = self.meta_cluster().get("leader")
         return str(leader) if leader else None
 
     def _wait_ready(self) -> None:
@@ -272,13 +277,18 @@ class EmbeddedNatsCluster:
         return self
 
     def _wait_for_meta_leader(self) -> None:
+        """Until the meta leader sees every other server as current: only then can R3 streams be placed."""
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             for server in self.servers:
-                if server.is_running() and server.meta_leader():
+                meta = server.meta_cluster() if server.is_running() else {}
+                if meta.get("leader") != server.name:
+                    continue
+                replicas = meta.get("replicas") or []
+                if len(replicas) == len(self.servers) - 1 and all(r.get("current") for r in replicas):
                     return
             time.sleep(0.05)  # polling a condition with a deadline
-        raise EmbeddedNatsError(f"no JetStream meta leader within {self.startup_timeout_s}s")
+        raise EmbeddedNatsError(f"the JetStream meta group did not form within {self.startup_timeout_s}s")
 
     def stop(self) -> None:
         for server in self.servers:
