@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from services.broker.models import NodeConfig
@@ -56,11 +56,41 @@ class NodePool:
         self.current: MLNodeVersion | None = None
         self.slots: dict[str, NodeSlot] = {}
         self._changed = asyncio.Event()
+        # Requests waiting for a lease, oldest first. Capacity is handed to them directly, so a
+        # release wakes one request, not all of them (with a thousand waiting at a switch,
+        # waking all on every release cost more CPU than the forwarding itself).
+        self._waiters: deque[tuple[asyncio.Future[Lease], frozenset[str]]] = deque()
 
     def _signal(self) -> None:
-        """Wake every waiter; they re-check their condition against the new state."""
+        """Hand free capacity to waiting requests, then wake the drain waiters to re-check."""
+        self._grant()
         self._changed.set()
         self._changed = asyncio.Event()
+
+    def _try_lease(self, avoid: frozenset[str]) -> Lease | None:
+        node_id = pick(self.loads(), self.current, avoid)
+        if node_id is None or self.current is None:
+            return None
+        slot = self.slots[node_id]
+        slot.in_flight[self.current] += 1
+        return Lease(slot.config, self.current)
+
+    def _grant(self) -> None:
+        """Serve waiters in order while there is capacity; one that avoids nodes may be skipped."""
+        served: list[int] = []
+        for index, (future, avoid) in enumerate(self._waiters):
+            if future.done():
+                served.append(index)
+                continue
+            lease = self._try_lease(avoid)
+            if lease is None:
+                if not avoid:
+                    break  # nobody behind it can be served either
+                continue
+            future.set_result(lease)
+            served.append(index)
+        for index in reversed(served):
+            del self._waiters[index]
 
     async def _wait_change(self, timeout_s: float) -> None:
         changed = self._changed
@@ -110,18 +140,21 @@ class NodePool:
 
     async def acquire(self, timeout_s: float, avoid: frozenset[str] = frozenset()) -> Lease:
         """A lease on the least-busy ready node of the current version, waiting up to `timeout_s`."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while True:
-            node_id = pick(self.loads(), self.current, avoid)
-            if node_id is not None and self.current is not None:
-                slot = self.slots[node_id]
-                slot.in_flight[self.current] += 1
-                return Lease(slot.config, self.current)
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise NoNodeReady(why_none(self.loads(), self.current))
-            await self._wait_change(remaining)
+        if not self._waiters:  # no queue to jump
+            lease = self._try_lease(avoid)
+            if lease is not None:
+                return lease
+        future: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
+        self._waiters.append((future, avoid))
+        self._grant()
+        try:
+            return await asyncio.wait_for(future, timeout_s)
+        except TimeoutError:
+            raise NoNodeReady(why_none(self.loads(), self.current)) from None
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release(future.result())  # granted as the caller gave up: give it back
+            raise
 
     def release(self, lease: Lease) -> None:
         slot = self.slots.get(lease.node.id)
