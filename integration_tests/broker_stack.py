@@ -10,9 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,8 +17,8 @@ from typing import Any
 
 import httpx
 
-from integration_tests.conftest import REPO_ROOT
 from integration_tests.mlnode_procs import MockMLNodeProcess
+from integration_tests.service_procs import ServiceProcess
 from shared.bus import BROKER_STREAM, Bus
 from shared.embedded_nats import free_port
 from shared.events import BlockCommitted, ChainVersionObserved, UpgradeScheduled
@@ -142,62 +139,6 @@ class MLNodeStack:
             proc.stop()
 
 
-class ServiceProcess:
-    """A service (`python -m services.X`) as a subprocess with its own env and log file."""
-
-    def __init__(self, module: str, env: dict[str, str], log_path: Path) -> None:
-        self.module = module
-        self.env = {**os.environ, **env}
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", self.module], cwd=REPO_ROOT, env=self.env, stdout=log, stderr=log
-            )
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def log_lines(self) -> list[dict[str, Any]]:
-        lines = []
-        for raw in self.log_path.read_text().splitlines():
-            try:
-                lines.append(json.loads(raw))
-            except json.JSONDecodeError:
-                lines.append({"raw": raw})
-        return lines
-
-    def wait_http(self, url: str, timeout_s: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"{self.module} exited with {self.proc.returncode}:\n{self.log_path.read_text()}"
-                )
-            try:
-                if httpx.get(url, timeout=0.5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.module} not answering {url} within {timeout_s}s")
-            time.sleep(0.05)  # polling a condition with a deadline
-
-
 class RegistryProcess(ServiceProcess):
     def __init__(self, nats_url: str, log_dir: Path) -> None:
         self.port = free_port()
@@ -209,12 +150,9 @@ class RegistryProcess(ServiceProcess):
                 "VERSION_REGISTRY_GRPC_ENABLED": "false",
                 "VERSION_REGISTRY_ACK_WAIT_S": "5",
             },
+            f"http://127.0.0.1:{self.port}/healthz",
             log_dir / "registry.log",
         )
-
-    def start(self) -> None:
-        super().start()
-        self.wait_http(f"http://127.0.0.1:{self.port}/healthz")
 
     def state(self) -> dict[str, Any]:
         return dict(httpx.get(f"http://127.0.0.1:{self.port}/state", timeout=5).json())
@@ -249,12 +187,9 @@ class BrokerProcess(ServiceProcess):
                 "BROKER_NODES_FILE": str(nodes_file),
                 **env,
             },
+            f"{self.url}/healthz",
             log_dir / "broker.log",
         )
-
-    def start(self) -> None:
-        super().start()
-        self.wait_http(f"{self.url}/healthz")
 
     def status(self) -> dict[str, Any]:
         return dict(httpx.get(f"{self.url}/upgrade/status", timeout=5).json())

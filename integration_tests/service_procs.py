@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -66,6 +68,20 @@ class ServiceProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
         return self.proc.returncode
+
+    def stop(self) -> None:
+        """Graceful stop (SIGTERM), SIGKILL if it does not go in time."""
+        self.terminate()
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        """The JSON log lines (anything else as `{"raw": line}`)."""
+        lines: list[dict[str, Any]] = []
+        for raw in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                lines.append(json.loads(raw))
+            except json.JSONDecodeError:
+                lines.append({"raw": raw})
+        return lines
 
     def log_tail(self, lines: int = 40) -> str:
         try:
