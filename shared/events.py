@@ -88,18 +88,40 @@ class UpgradeScheduled(Event):
         return f"plan-{self.height}-{self.node_version}"
 
 
+class ChainPlan(BaseModel):
+    """One partial upgrade as the chain stores it, inside a `chain.version` snapshot."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    height: Height
+    node_version: MLNodeVersion
+    name: Annotated[str, Field(max_length=512)] = ""
+
+
+MAX_SNAPSHOT_PLANS = 1000
+
+
 class ChainVersionObserved(Event):
-    """The chain's own `MLNodeVersion` as read at `height`: the source of truth the registry syncs to."""
+    """The chain's own word at `height`: its `MLNodeVersion` and, when read, its stored plans.
+
+    The chain-watcher publishes one at start-up, whenever the version changes, and periodically,
+    always at the newest height it has published a block for (never below it), so the registry can
+    tell when it has been moved ahead of the chain by an event the chain never produced.
+    `plans` lists the partial upgrades the chain stores above `height`; it is absent (None) when
+    they were not read, as in a hand-typed snapshot, and an empty list when the chain has none.
+    """
 
     SUBJECT = "chain.version"
     PUBLISHER = "chain-watcher"
     EXAMPLES = (
         '{"current_version": "v3.0.8"}',
         '{"current_version": "v3.0.8", "height": 11990}',
+        '{"current_version": "v3.0.8", "height": 11990, "plans": [{"height": 12000, "node_version": "v3.0.9"}]}',
     )
 
     current_version: MLNodeVersion
     height: Height | None = None
+    plans: Annotated[tuple[ChainPlan, ...], Field(max_length=MAX_SNAPSHOT_PLANS)] | None = None
 
     def msg_id(self) -> str:
         return f"chain-version-{self.height or 0}-{self.current_version}"
