@@ -1,5 +1,5 @@
 """Helpers for the mock chain and chain-watcher tests: the chain's control API, the CHAIN stream
-as a list, and the watcher in-process or as a process that can be SIGKILLed."""
+as a list, the mock chain and the watcher in-process or as processes that can be SIGKILLed."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -30,6 +31,8 @@ from shared.settings import NatsSettings
 
 __all__ = [
     "ChainControl",
+    "ChainEndpoint",
+    "ChainProcess",
     "StreamMessage",
     "StreamReader",
     "WatcherProcess",
@@ -72,10 +75,75 @@ async def running_chain(
         yield server
 
 
+class ChainEndpoint(Protocol):
+    """Where a chain node answers: a `MockChainServer` in this process or a `ChainProcess`."""
+
+    @property
+    def rpc_url(self) -> str: ...
+
+    @property
+    def grpc_target(self) -> str: ...
+
+
+class ChainProcess:
+    """`python -m mock_chain` as a process of its own (blocks from `POST /advance` unless timed)."""
+
+    def __init__(self, log_dir: Path, *args: str) -> None:
+        self.rpc_port, self.grpc_port = free_port(), free_port()
+        self.log_path = log_dir / f"mock-chain-{self.rpc_port}.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mock_chain",
+                "--rpc-port",
+                str(self.rpc_port),
+                "--grpc-port",
+                str(self.grpc_port),
+                "--block-time-s",
+                "0",
+                *args,
+            ],
+            cwd=REPO_ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def rpc_url(self) -> str:
+        return f"http://127.0.0.1:{self.rpc_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    async def started(self) -> bool:
+        assert self.proc.poll() is None, self.log()
+        try:
+            async with httpx.AsyncClient(timeout=1) as http:
+                return (await http.get(f"{self.rpc_url}/health")).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._log.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
 class ChainControl:
     """The mock chain's HTTP API, for tests."""
 
-    def __init__(self, server: MockChainServer) -> None:
+    def __init__(self, server: ChainEndpoint) -> None:
         self.server = server
         self.http = httpx.AsyncClient(base_url=server.rpc_url, timeout=10.0)
 
@@ -94,9 +162,18 @@ class ChainControl:
         return int(doc["result"]["sync_info"]["latest_block_height"])
 
     async def block_hash(self, height: int) -> str:
-        return str(
-            (await self.http.get("/block", params={"height": height})).json()["result"]["block_id"]["hash"]
-        )
+        return str((await self.block(height))["block_id"]["hash"])
+
+    async def block(self, height: int) -> dict[str, Any]:
+        """The `result` of `/block?height=` (as the query node serves it: mind the lag fault)."""
+        response = await self.http.get("/block", params={"height": height})
+        assert response.status_code == 200, response.text
+        return dict(response.json()["result"])
+
+    async def lag(self, blocks: int) -> None:
+        """Answer /status, /block and gRPC as a node `blocks` behind the websocket's."""
+        response = await self.http.post("/mock/faults/lag", json={"blocks": blocks})
+        response.raise_for_status()
 
     async def fault(self, path: str, body: dict[str, Any] | None = None) -> Any:
         response = await self.http.post(f"/mock/faults/{path}", json=body)
@@ -123,6 +200,7 @@ class StreamMessage:
     subject: str
     payload: dict[str, Any]
     msg_id: str | None
+    time: datetime | None = None  # when JetStream stored it
 
 
 class StreamReader:
@@ -139,7 +217,7 @@ class StreamReader:
             msg = await self.bus.js.get_msg(CHAIN_STREAM.name, seq)
             headers = msg.headers or {}
             self.messages.append(
-                StreamMessage(seq, msg.subject, json.loads(msg.data), headers.get("Nats-Msg-Id"))
+                StreamMessage(seq, msg.subject, json.loads(msg.data), headers.get("Nats-Msg-Id"), msg.time)
             )
         self._next = info.state.last_seq + 1
         return self.messages
@@ -157,8 +235,10 @@ class StreamReader:
         raise AssertionError(f"no {subject} message with {match}")
 
 
-def watcher_settings(chain: MockChainServer, nats: NatsSettings, **overrides: Any) -> ChainWatcherSettings:
-    """Fast timings for tests: short backoff and polling, small timeouts."""
+def watcher_settings(chain: ChainEndpoint, nats: NatsSettings, **overrides: Any) -> ChainWatcherSettings:
+    """Fast timings for tests: short backoff and polling, small timeouts; periodic version
+    snapshots only when a test asks for them (they would add `chain.version` messages at heights
+    the tests do not expect)."""
     values: dict[str, Any] = {
         "rpc_url": chain.rpc_url,
         "grpc_address": chain.grpc_target,
@@ -170,6 +250,7 @@ def watcher_settings(chain: MockChainServer, nats: NatsSettings, **overrides: An
         "request_timeout_s": 2.0,
         "publish_retry_s": 5.0,
         "http_port": 0,
+        "version_snapshot_interval_s": 3600.0,
     }
     values.update(overrides)
     return ChainWatcherSettings(**values)
@@ -190,7 +271,7 @@ async def running_watcher(settings: ChainWatcherSettings) -> AsyncIterator[Chain
 class WatcherProcess:
     """`python -m services.chain_watcher` configured through its environment, killable at any moment."""
 
-    def __init__(self, chain: MockChainServer, nats_url: str, log_dir: Path, **env: str) -> None:
+    def __init__(self, chain: ChainEndpoint, nats_url: str, log_dir: Path, **env: str) -> None:
         self.ops_port = free_port()
         self.log_path = log_dir / f"chain-watcher-{self.ops_port}.log"
         self._log = self.log_path.open("wb")
@@ -203,6 +284,7 @@ class WatcherProcess:
             "CHAIN_WATCHER_RECONNECT_INITIAL_S": "0.2",
             "CHAIN_WATCHER_POLL_INTERVAL_S": "0.2",
             "CHAIN_WATCHER_STATUS_CHECK_INTERVAL_S": "0.5",
+            "CHAIN_WATCHER_VERSION_SNAPSHOT_INTERVAL_S": "3600",  # periodic snapshots when asked for
             **env,
         }
         self.proc = subprocess.Popen(

@@ -10,7 +10,12 @@ from typing import Any
 import httpx
 import pytest
 
-from integration_tests.chain_support import ChainControl, StreamReader, WatcherProcess, running_chain
+from integration_tests.chain_support import (
+    ChainControl,
+    StreamReader,
+    WatcherProcess,
+    running_chain,
+)
 from integration_tests.support import eventually
 from services.chain_watcher.core import WatcherState
 from shared.bus import Bus

@@ -21,6 +21,7 @@ from integration_tests.chain_support import ChainControl, partial_upgrade_propos
 from integration_tests.conftest import REPO_ROOT
 from integration_tests.support import eventually
 from mock_chain.server import MockChainServer
+from mock_chain.settings import MockChainSettings
 from proto.cosmos.base.query.v1beta1 import pagination_pb2
 from proto.inference.inference import query_pb2, query_pb2_grpc
 from shared.embedded_nats import free_port
@@ -105,6 +106,77 @@ async def test_status_block_and_post_json_rpc(control: ChainControl) -> None:
     )
     bad = await control.http.get("/block", params={"height": "abc"})
     assert bad.json()["error"]["code"] == -32602
+
+
+async def test_a_lagging_query_node_answers_as_cometbft_and_cosmos_do(
+    chain: MockChainServer, control: ChainControl
+) -> None:
+    await control.advance(10)
+    await control.lag(4)  # queries answer as a node at 6; the websocket stays at the chain's head
+    assert (await control.fault("lag", {"blocks": 4}))["query_lag_blocks"] == 4
+    status = (await control.http.get("/status")).json()["result"]["sync_info"]
+    assert status["latest_block_height"] == "6" and status["earliest_block_height"] == "1"
+    assert status["latest_block_hash"] == await control.block_hash(6)
+
+    future = await control.http.get("/block", params={"height": 7})
+    assert future.status_code == 500
+    assert future.json() == {
+        "jsonrpc": "2.0",
+        "id": -1,
+        "error": {
+            "code": -32603,
+            "message": "Internal error",
+            "data": "height 7 must be less than or equal to the current blockchain height 6",
+        },
+    }
+    latest = (await control.http.get("/block")).json()["result"]
+    assert latest["block"]["header"]["height"] == "6"
+    posted = await control.http.post(
+        "/", json={"jsonrpc": "2.0", "id": 3, "method": "block", "params": {"height": "9"}}
+    )
+    assert posted.status_code == 500 and posted.json()["error"]["code"] == -32603
+
+    async with grpc.aio.insecure_channel(chain.grpc_target) as channel:
+        stub = query_pb2_grpc.QueryStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as above:
+            await stub.MLNodeVersion(
+                query_pb2.QueryGetMLNodeVersionRequest(), metadata=((HEIGHT_HEADER, "8"),)
+            )
+        assert above.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "cannot query with height in the future" in (above.value.details() or "")
+        call = stub.MLNodeVersion(query_pb2.QueryGetMLNodeVersionRequest())
+        await call
+        assert dict(await call.initial_metadata())[HEIGHT_HEADER] == "6"
+
+    async with connect(chain.websocket_url) as ws:
+        await ws.send(
+            json.dumps({"jsonrpc": "2.0", "method": "subscribe", "id": 1, "params": ["tm.event='NewBlock'"]})
+        )
+        await _recv_json(ws)
+        await control.advance(1)
+        event = await _recv_json(ws)
+        assert event["result"]["data"]["value"]["block"]["header"]["height"] == "11"  # the head, not the view
+
+    await control.http.delete("/mock/faults")
+    assert (await control.http.get("/block", params={"height": 11})).status_code == 200
+
+
+async def test_a_pruning_node_refuses_blocks_below_its_earliest_height() -> None:
+    settings = MockChainSettings(rpc_port=0, grpc_port=0, block_time_s=0, block_retention_blocks=5)
+    async with MockChainServer(settings) as server:
+        control = ChainControl(server)
+        await control.advance(12)
+        status = (await control.http.get("/status")).json()["result"]["sync_info"]
+        assert status["earliest_block_height"] == "8" and status["latest_block_height"] == "12"
+        pruned = await control.http.get("/block", params={"height": 7})
+        assert pruned.status_code == 500
+        assert pruned.json()["error"] == {
+            "code": -32603,
+            "message": "Internal error",
+            "data": "height 7 is not available, lowest height is 8",
+        }
+        assert (await control.http.get("/block", params={"height": 8})).status_code == 200
+        await control.aclose()
 
 
 async def test_blocks_come_on_a_timer_when_configured() -> None:

@@ -29,6 +29,10 @@ def parse_args(argv: list[str] | None) -> dict[str, Any]:
     parser.add_argument("--voting-period-blocks", type=int, help="blocks from proposal to execution")
     parser.add_argument("--chain-id")
     parser.add_argument("--genesis-version", help="MLNodeVersion at genesis (default v3.0.8)")
+    parser.add_argument("--block-retention-blocks", type=int, help="/block serves only the newest N (0: all)")
+    parser.add_argument(
+        "--query-lag-blocks", type=int, help="queries answer N blocks behind the websocket (a lagging node)"
+    )
     parser.add_argument("--log-level")
     opts = vars(parser.parse_args(argv))
     return {k: v for k, v in opts.items() if v is not None}

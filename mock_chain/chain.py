@@ -133,6 +133,7 @@ class Chain:
     chain_id: str = DEFAULT_CHAIN_ID
     mlnode_version: str = GENESIS_MLNODE_VERSION
     state_retention_blocks: int = 1000
+    block_retention_blocks: int = 0  # 0 keeps every block; N keeps the newest N (CometBFT pruning)
     height: int = 0
     blocks: dict[int, Block] = field(default_factory=dict)
     partial_upgrades: dict[int, PartialUpgrade] = field(default_factory=dict)
@@ -155,14 +156,28 @@ class Chain:
         plans = tuple(self.partial_upgrades[h] for h in sorted(self.partial_upgrades))
         return StateSnapshot(height=self.height, mlnode_version=self.mlnode_version, partial_upgrades=plans)
 
-    def state_at(self, height: int | None) -> StateSnapshot:
-        """The state after block `height` (None or 0: the latest), as a pinned query sees it."""
+    @property
+    def earliest_height(self) -> int:
+        """The lowest block still stored (0 before the first block)."""
+        if not self.blocks:
+            return 0
+        if not self.block_retention_blocks:
+            return 1
+        return max(1, self.height - self.block_retention_blocks + 1)
+
+    def state_at(self, height: int | None, *, head: int | None = None) -> StateSnapshot:
+        """The state after block `height` (None or 0: the latest), as a pinned query sees it.
+
+        `head` is the newest height the answering node has (default: the chain's), for a node
+        that lags behind the chain.
+        """
+        latest = self.height if head is None else min(head, self.height)
         if height is None or height == 0:
-            return self._states[self.height]
-        if height > self.height:
+            height = latest
+        if height > latest:
             raise StateUnavailable(
                 f"cannot query with height in the future; please provide a valid height "
-                f"(requested {height}, latest {self.height})"
+                f"(requested {height}, latest {latest})"
             )
         state = self._states.get(height)
         if state is None:
@@ -241,6 +256,8 @@ class Chain:
         self._inference_end_block(height)
         self.height = height
         self.blocks[height] = block
+        if self.block_retention_blocks and height - self.block_retention_blocks in self.blocks:
+            del self.blocks[height - self.block_retention_blocks]
         self._states[height] = self.snapshot()
         while len(self._states) > self.state_retention_blocks + 1:
             self._states.popitem(last=False)

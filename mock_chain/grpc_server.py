@@ -49,7 +49,7 @@ class QueryService(query_pb2_grpc.QueryServicer):
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid height header {text!r}")
                 height = int(text)
         try:
-            state = self.node.chain.state_at(height)
+            state = self.node.chain.state_at(height, head=self.node.served_height)
         except StateUnavailable as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         await context.send_initial_metadata(((HEIGHT_HEADER, str(state.height)),))

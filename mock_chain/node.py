@@ -51,6 +51,8 @@ class Faults:
     paused: bool = False
     skip_events: int = 0  # NewBlock events of the next N blocks are not sent
     grpc: GrpcFault | None = None
+    # Queries (/status, /block, gRPC) answer as a node this many blocks behind the websocket's.
+    query_lag: int = 0
 
     def take_grpc(self, method: str) -> GrpcFault | None:
         fault = self.grpc
@@ -67,6 +69,7 @@ class Faults:
             "paused": self.paused,
             "skip_events": self.skip_events,
             "grpc": self.grpc.describe() if self.grpc else None,
+            "query_lag_blocks": self.query_lag,
         }
 
 
@@ -100,12 +103,18 @@ class ChainNode:
             chain_id=settings.chain_id,
             mlnode_version=settings.genesis_version,
             state_retention_blocks=settings.state_retention_blocks,
+            block_retention_blocks=settings.block_retention_blocks,
         )
-        self.faults = Faults()
+        self.faults = Faults(query_lag=settings.query_lag_blocks)
         self.subscribers: set[Subscriber] = set()
         self.connections_total = 0
 
     # -- blocks -----------------------------------------------------------------------------
+
+    @property
+    def served_height(self) -> int:
+        """The newest height queries answer for: the chain's, less the lagging-node fault."""
+        return max(0, self.chain.height - self.faults.query_lag)
 
     def advance(self, n: int = 1) -> list[Block]:
         if self.faults.paused:

@@ -75,14 +75,17 @@ def _call(node: ChainNode, request_id: Any, method: Any, params: Any) -> dict[st
         if method == "health":
             return rpc_result(request_id, {})
         if method == "status":
-            earliest = chain.blocks.get(min(chain.blocks)) if chain.blocks else None
+            served = node.served_height
+            earliest = chain.blocks.get(chain.earliest_height) if served else None
             return rpc_result(
-                request_id, status_result(chain.latest_block, earliest, chain_id=chain.chain_id)
+                request_id, status_result(chain.blocks.get(served), earliest, chain_id=chain.chain_id)
             )
         if method == "block":
+            # CometBFT v0.38 rpc/core `getHeight`, word for word.
+            served = node.served_height
             height = _height_param(_param(params, "height", 0))
             if height is None:
-                height = chain.height
+                height = served
             if height <= 0:
                 return rpc_error(
                     request_id,
@@ -90,13 +93,19 @@ def _call(node: ChainNode, request_id: Any, method: Any, params: Any) -> dict[st
                     "Internal error",
                     f"height must be greater than 0, but got {height}",
                 )
-            if height > chain.height:
+            if height > served:
                 return rpc_error(
                     request_id,
                     INTERNAL_ERROR,
                     "Internal error",
-                    f"height {height} must be less than or equal to the current blockchain height "
-                    f"{chain.height}",
+                    f"height {height} must be less than or equal to the current blockchain height {served}",
+                )
+            if height < chain.earliest_height:
+                return rpc_error(
+                    request_id,
+                    INTERNAL_ERROR,
+                    "Internal error",
+                    f"height {height} is not available, lowest height is {chain.earliest_height}",
                 )
             return rpc_result(request_id, block_result(chain.blocks[height]))
     except _Params as exc:
@@ -117,6 +126,12 @@ class _FaultGrpc(BaseModel):
     message: str = "injected fault"
     method: Literal["PartialUpgrade", "PartialUpgradeAll", "MLNodeVersion"] | None = None
     times: Annotated[int, Field(ge=1)] | None = None
+
+
+class _QueryLag(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    blocks: Annotated[int, Field(ge=0, le=1_000_000)]
 
 
 class _SkipEvents(BaseModel):
@@ -251,6 +266,7 @@ def create_rpc_app(node: ChainNode) -> FastAPI:
         node.faults.paused = False
         node.faults.skip_events = 0
         node.faults.grpc = None
+        node.faults.query_lag = 0
         return node.faults.describe()
 
     @app.post("/mock/faults/pause")
@@ -270,6 +286,12 @@ def create_rpc_app(node: ChainNode) -> FastAPI:
     @app.post("/mock/faults/skip-events")
     async def skip_events(body: _SkipEvents) -> dict[str, Any]:
         node.faults.skip_events = body.count
+        return node.faults.describe()
+
+    @app.post("/mock/faults/lag")
+    async def query_lag(body: _QueryLag) -> dict[str, Any]:
+        """Answer /status, /block and gRPC as a node `blocks` behind; NewBlock frames stay current."""
+        node.faults.query_lag = body.blocks
         return node.faults.describe()
 
     @app.post("/mock/faults/grpc")

@@ -27,6 +27,11 @@ class MockChainSettings(BaseSettings):
     genesis_version: str = GENESIS_MLNODE_VERSION
     # How many past heights a query pinned with x-cosmos-block-height can still reach.
     state_retention_blocks: Annotated[int, Field(ge=1, le=10_000_000)] = 1000
+    # How many of the newest blocks `/block` still serves (0: all), as a pruning node keeps.
+    block_retention_blocks: Annotated[int, Field(ge=0, le=10_000_000)] = 0
+    # A lagging query node: `/status`, `/block` and gRPC answer from a view this many blocks
+    # behind, while the websocket sends NewBlock for every block (also `POST /mock/faults/lag`).
+    query_lag_blocks: Annotated[int, Field(ge=0, le=1_000_000)] = 0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("genesis_version")

@@ -68,6 +68,10 @@ class RegistryState(_Model):
     pending: tuple[PendingPlan, ...] = ()
     rollback_active: bool = False
     revision: int = 0
+    # The chain's last word (its `chain.version` snapshot with a height): where the chain is known
+    # to be. `last_height` above it is provisional until the next snapshot confirms or corrects it.
+    chain_height: int = 0
+    chain_version: MLNodeVersion | None = None
 
     @property
     def handoff_needed(self) -> bool:

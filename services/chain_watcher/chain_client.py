@@ -65,6 +65,7 @@ class ChainStatus:
     height: int
     catching_up: bool
     latest_hash: str | None
+    earliest_height: int | None = None  # the node's lowest retained block (pruning), when it says
 
 
 def _int_string(raw: Any, what: str) -> int:
@@ -107,13 +108,18 @@ class CometRpc:
         if not isinstance(sync, dict):
             raise ChainError(f"GET {self.rpc_url}/status: no sync_info")
         block_hash = sync.get("latest_block_hash")
+        earliest: int | None = None
+        if sync.get("earliest_block_height") is not None:
+            earliest = _int_string(sync["earliest_block_height"], "sync_info.earliest_block_height") or None
         return ChainStatus(
             height=_int_string(sync.get("latest_block_height"), "sync_info.latest_block_height"),
             catching_up=bool(sync.get("catching_up", False)),
             latest_hash=block_hash if isinstance(block_hash, str) and block_hash else None,
+            earliest_height=earliest,
         )
 
     async def block(self, height: int) -> ObservedBlock:
+        """Block `height` as this node serves it; `RpcError` when the node refuses the height."""
         result = await self._get("/block", {"height": str(height)})
         try:
             header = result["block"]["header"]

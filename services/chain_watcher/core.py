@@ -9,34 +9,59 @@ in between republishes the same events with the same ids, which JetStream drops.
 Order within a step: plans, then blocks, then the chain version. A plan is therefore on the bus
 before the block at its height (the registry applies it exactly there), and the chain's version
 after the block that changed it (so the registry sees the plan apply before the sync snapshot).
+
+Which height comes next, and what a refusal of `/block` means, is decided here too
+(`plan_next`, `classify_block_refusal`): websocket frames are only hints that a height may exist;
+a height is published once the query node serves its block, with that block's hash and time. A
+`chain.version` snapshot always carries the height of the newest published block and the state
+read at exactly that height (`decide` refuses anything else), so the registry never receives a
+snapshot older than a block it has already seen.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from pydantic import ValidationError
 
-from shared.events import MAX_HEIGHT, BlockCommitted, ChainVersionObserved, Event, UpgradeScheduled
+from shared.events import (
+    MAX_HEIGHT,
+    MAX_SNAPSHOT_PLANS,
+    BlockCommitted,
+    ChainPlan,
+    ChainVersionObserved,
+    Event,
+    UpgradeScheduled,
+)
 from shared.versions import InvalidVersionError, parse_version
 
 __all__ = [
+    "BlockRefusal",
     "CorruptState",
     "KnownPlan",
+    "NextHeight",
     "ObservedBlock",
     "ObservedPlan",
     "Outgoing",
+    "Refusal",
     "Step",
     "WatcherState",
     "backoff_delay",
+    "classify_block_refusal",
     "decide",
+    "frame_disagrees",
+    "is_future_state_error",
     "lag_blocks",
     "next_height",
+    "plan_next",
+    "snapshot_plans",
 ]
 
 STATE_FORMAT = 1
@@ -185,6 +210,87 @@ def next_height(last_height: int | None, target: int, max_backfill: int) -> tupl
     return last_height + 1, 0
 
 
+@dataclass(frozen=True, slots=True)
+class NextHeight:
+    """The height the watcher works on next.
+
+    `confirmed` is False when only a websocket frame claims the height exists: `/block` decides.
+    `skipped` counts the heights jumped over (more than `max_backfill` behind the query node).
+    """
+
+    height: int
+    skipped: int = 0
+    confirmed: bool = True
+
+
+def plan_next(
+    last_height: int | None, served: int | None, claimed: int | None, max_backfill: int
+) -> NextHeight | None:
+    """The next height to publish, from what the query node serves and what frames claim.
+
+    `served` is the newest height the query node answered for (`/status`, `/block`); `claimed` the
+    newest height a websocket frame announced. Frames are hints: they never decide where the first
+    run starts nor how far a lagging watcher jumps (a forged frame for height 10^9 must not make
+    it skip real blocks), they only make the watcher ask `/block` for the height after its cursor.
+    """
+    if served is not None:
+        height, skipped = next_height(last_height, served, max_backfill)
+        if height is not None:
+            return NextHeight(height, skipped)
+    if last_height is not None and claimed is not None and claimed > last_height:
+        return NextHeight(last_height + 1, 0, confirmed=False)
+    return None
+
+
+class Refusal(StrEnum):
+    FUTURE = "future"  # the node does not have the block yet: wait and ask again
+    PRUNED = "pruned"  # below the node's earliest retained block: publish the height only
+    OTHER = "other"  # anything else: a failure, retried with backoff
+
+
+@dataclass(frozen=True, slots=True)
+class BlockRefusal:
+    kind: Refusal
+    node_height: int | None = None  # FUTURE: the node's current height, when it said so
+
+
+# CometBFT v0.38 rpc/core `getHeight`: the two ways `/block?height=` refuses a height.
+_FUTURE_BLOCK = re.compile(r"height (\d+) must be less than or equal to the current blockchain height (\d+)")
+_PRUNED_BLOCK = re.compile(r"height (\d+) is not available, lowest height is (\d+)")
+
+
+def classify_block_refusal(height: int, message: str, earliest: int | None) -> BlockRefusal:
+    """What an error answer to `/block?height=height` means.
+
+    Only a height below the node's earliest retained block (its own error, or `/status`
+    `earliest_block_height`) counts as pruned; "in the future" is never pruned; anything else is a
+    failure to retry, not a reason to publish a height without its hash.
+    """
+    future = _FUTURE_BLOCK.search(message)
+    if future is not None:
+        return BlockRefusal(Refusal.FUTURE, node_height=int(future.group(2)))
+    if _PRUNED_BLOCK.search(message) is not None:
+        return BlockRefusal(Refusal.PRUNED)
+    if earliest is not None and height < earliest:
+        return BlockRefusal(Refusal.PRUNED)
+    return BlockRefusal(Refusal.OTHER)
+
+
+def is_future_state_error(message: str) -> bool:
+    """A Cosmos SDK query pinned above the node's height ("cannot query with height in the future")."""
+    return "height in the future" in message
+
+
+def frame_disagrees(frame: ObservedBlock | None, served: ObservedBlock) -> bool:
+    """A websocket frame whose hash is not the hash the query node serves for that height."""
+    return (
+        frame is not None
+        and frame.hash is not None
+        and served.hash is not None
+        and frame.hash.upper() != served.hash.upper()
+    )
+
+
 def lag_blocks(last_height: int | None, chain_height: int | None) -> int:
     if chain_height is None:
         return 0
@@ -256,6 +362,25 @@ def diff_plans(
     return outgoing, after, refused
 
 
+def snapshot_plans(plans: Sequence[ObservedPlan], above: int) -> tuple[ChainPlan, ...] | None:
+    """The plans a `chain.version` snapshot at height `above` lists: every MLNode plan stored above it.
+
+    Plans that cannot be announced (API-binaries-only, invalid version) are left out, as they are
+    from `chain.upgrade.scheduled`. None (not listed) when there are more than a snapshot can carry:
+    a truncated list would tell the registry that real plans are gone.
+    """
+    listed: list[ChainPlan] = []
+    for plan in sorted(plans, key=lambda p: p.height):
+        if plan.height <= above or _plan_refusal(plan) is not None:
+            continue
+        listed.append(
+            ChainPlan(height=plan.height, node_version=parse_version(plan.node_version), name=plan.name[:512])
+        )
+    if len(listed) > MAX_SNAPSHOT_PLANS:
+        return None
+    return tuple(listed)
+
+
 def decide(
     state: WatcherState,
     blocks: Sequence[ObservedBlock],
@@ -268,7 +393,10 @@ def decide(
     """One step: the blocks after the cursor, plus plans and version observed at `observed_at`.
 
     `plans`/`version` are None when they were not read in this step (known plans and the last
-    version are then kept). `announce_version` publishes the version even if unchanged (start-up).
+    version are then kept). `announce_version` publishes the version even if unchanged (start-up
+    and periodic snapshots). A version is only published, and only remembered, when it was read
+    at the newest height published so far (the cursor after this step): a snapshot is the chain's
+    word at exactly that height, after its block and before the next.
     """
     outgoing: list[Outgoing] = []
     known: Mapping[int, KnownPlan] = state.plans
@@ -289,16 +417,22 @@ def decide(
     refused_version: tuple[str, str] | None = None
     if version is not None:
         changed = version != state.chain_version
-        if changed or announce_version:
-            try:
-                observed = ChainVersionObserved(
-                    current_version=parse_version(version), height=observed_at if observed_at > 0 else None
-                )
-            except (InvalidVersionError, ValidationError) as exc:
+        try:
+            parsed = parse_version(version)
+        except InvalidVersionError as exc:
+            if changed:
                 refused_version = (version, "the chain has no MLNodeVersion" if not version else str(exc))
-            else:
-                outgoing.append(Outgoing(observed, observed.msg_id()))
-        chain_version = version
+            chain_version = version
+        else:
+            if last is not None and observed_at == last:
+                if changed or announce_version:
+                    observed = ChainVersionObserved(
+                        current_version=parsed,
+                        height=last,
+                        plans=snapshot_plans(plans, last) if plans is not None else None,
+                    )
+                    outgoing.append(Outgoing(observed, observed.msg_id()))
+                chain_version = version
 
     new_state = WatcherState(last_height=last, chain_version=chain_version, plans=dict(known))
     return Step(

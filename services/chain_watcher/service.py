@@ -3,16 +3,20 @@
 Three loops share one state:
 
 - the websocket loop subscribes to NewBlock and reconnects forever with jittered exponential
-  backoff; each event only records "height H exists" (and its hash), so reading never waits on
-  NATS;
-- the status loop polls `/status`: the fallback while the websocket is down, a safety net (and
-  the lag gauge) while it is up;
-- the sync loop is the only writer. One height per step, from the cursor to the newest known
-  height: the block (from its event, or `/block` when no event carried it), the plans and
+  backoff; a frame is only a hint ("height H may exist"), recorded without waiting on NATS;
+- the status loop polls `/status`: what the query node serves (and its earliest retained block),
+  the fallback while the websocket is down, a safety net (and the lag gauge) while it is up;
+- the sync loop is the only writer. One height per step, from the cursor to the newest height:
+  the block from `/block` (its own hash and time, never the frame's), the plans and
   `MLNodeVersion` pinned to that height (`x-cosmos-block-height`), then it publishes what
-  `core.decide` says and only then advances the cursor in KV with compare-and-swap. Reading every
-  height matters: a plan can be stored, applied and deleted between two heights read further
-  apart. Any failure is retried with backoff; a block never overtakes the plans that apply at it.
+  `core.decide` says and only then advances the cursor in KV with compare-and-swap. A height the
+  query node does not serve yet (a frame ran ahead of it, or it lags behind the websocket's node)
+  is asked for again with bounded backoff; it is never published early and never skipped. Every
+  `version_snapshot_interval_s` (and at start-up) the step also publishes the chain's version and
+  stored plans at the newest published height, in the same ordered sequence as the blocks.
+  Reading every height matters: a plan can be stored, applied and deleted between two heights
+  read further apart. Any failure is retried with backoff; a block never overtakes the plans
+  that apply at it.
 """
 
 from __future__ import annotations
@@ -40,29 +44,35 @@ from services.chain_watcher.chain_client import (
 )
 from services.chain_watcher.core import (
     CorruptState,
+    NextHeight,
     ObservedBlock,
     ObservedPlan,
+    Refusal,
     Step,
     WatcherState,
     backoff_delay,
+    classify_block_refusal,
     decide,
     describe_plan,
+    frame_disagrees,
+    is_future_state_error,
     lag_blocks,
-    next_height,
+    plan_next,
 )
 from services.chain_watcher.settings import ChainWatcherSettings
-from shared.bus import BucketSpec, Bus, BusError
+from shared.bus import Bus, BusError
 from shared.events import BlockCommitted, ChainVersionObserved, UpgradeScheduled
 from shared.kv_store import StaleRevisionError, VersionedStore
 from shared.logging import get_logger
 from shared.metrics import PREFIX, ServiceMetrics
 from shared.ops_app import ReadinessCheck, add_ops_routes
 
-__all__ = ["SERVICE", "STATE_KEY", "ChainWatcher", "WatcherMetrics"]
+__all__ = ["SERVICE", "STATE_KEY", "ChainWatcher", "HeightNotServed", "WatcherMetrics"]
 
 SERVICE = "chain-watcher"
 STATE_KEY = "cursor"
 MAX_HINTS = 10_000
+MAX_FRAMES_PER_HEIGHT = 4  # distinct frames kept per height (a forged one and the real one, ...)
 # gRPC codes that mean "try again later", as opposed to "this node cannot answer at that height".
 _TRANSIENT = frozenset(
     {
@@ -75,6 +85,14 @@ _TRANSIENT = frozenset(
 )
 
 log = get_logger(__name__)
+
+
+class HeightNotServed(ChainError):
+    """The query node does not serve `height` yet: wait for it, do not publish it."""
+
+    def __init__(self, message: str, height: int) -> None:
+        super().__init__(message)
+        self.height = height
 
 
 def _error_kind(exc: BaseException) -> str:
@@ -99,7 +117,17 @@ class WatcherMetrics:
         )
         self.blocks_backfilled = Counter(
             f"{PREFIX}_chain_blocks_backfilled_total",
-            "Blocks no event carried, fetched with /block",
+            "Blocks no websocket event announced, found from /status and fetched with /block",
+            registry=r,
+        )
+        self.height_waits = Counter(
+            f"{PREFIX}_chain_height_waits_total",
+            "Times a height was asked for before the query node served it (frame ahead, node lagging)",
+            registry=r,
+        )
+        self.frames_contradicted = Counter(
+            f"{PREFIX}_chain_frames_contradicted_total",
+            "Websocket frames whose hash differs from the block the query node serves",
             registry=r,
         )
         self.blocks_skipped = Counter(
@@ -128,7 +156,12 @@ class WatcherMetrics:
         self.websocket_connected = Gauge(
             f"{PREFIX}_chain_websocket_connected", "1 while subscribed to NewBlock", registry=r
         )
-        self.chain_height = Gauge(f"{PREFIX}_chain_height", "Newest height seen on the chain", registry=r)
+        self.chain_height = Gauge(
+            f"{PREFIX}_chain_height", "Newest height the query node serves (/status, /block)", registry=r
+        )
+        self.websocket_height = Gauge(
+            f"{PREFIX}_chain_websocket_height", "Newest height a websocket frame claimed", registry=r
+        )
         self.cursor_height = Gauge(
             f"{PREFIX}_chain_watcher_cursor_height", "Last height published and persisted", registry=r
         )
@@ -160,11 +193,15 @@ class ChainWatcher:
         self.catching_up = False
         self.websocket_connected = False
         self.ops_port: int | None = None
-        self._wanted: int | None = None  # the newest height known to exist
-        self._hints: dict[int, ObservedBlock] = {}
-        self._announce_version = True  # the start-up snapshot is still due
+        self._served: int | None = None  # the newest height the query node answered for
+        self._claimed: int | None = None  # the newest height a websocket frame claimed
+        self._earliest: int | None = None  # the query node's earliest retained block
+        self._frames: dict[int, list[ObservedBlock]] = {}  # frames above the cursor, for comparison
+        self._snapshot_due_at = 0.0  # loop time of the next version snapshot (0: at start-up)
+        self._waiting_for: int | None = None  # the height last refused as not served yet
         self._wake = asyncio.Event()
         self._kick = asyncio.Event()
+        self._served_up = asyncio.Event()  # the query node's height went up
 
     # -- running ----------------------------------------------------------------------------
 
@@ -191,12 +228,7 @@ class ChainWatcher:
 
     async def _open_bus(self) -> None:
         self.bus = await Bus.connect(self.settings.nats, SERVICE, self.metrics, give_up_after_s=None)
-        await self.bus.ensure_streams()
-        kv = await self.bus.ensure_bucket(
-            BucketSpec(
-                self.settings.bucket, "The chain-watcher's cursor: last published block, version, plans", 8
-            )
-        )
+        kv = await self.bus.bind_bucket(self.settings.bucket)  # provisioned: `mlnode-upgrade nats provision`
         self.store = VersionedStore(kv)
         await self._load_state()
 
@@ -228,20 +260,30 @@ class ChainWatcher:
 
     # -- observing the chain ----------------------------------------------------------------
 
-    def _observe(self, height: int, hint: ObservedBlock | None = None) -> None:
-        """Record that block `height` exists; the sync loop publishes up to it."""
+    def _on_frame(self, frame: ObservedBlock) -> None:
+        """A websocket frame says block `frame.height` exists: a hint to ask `/block`, nothing more."""
         last = self.state.last_height
-        if hint is not None and (last is None or height > last):
-            self._hints[height] = hint
-            while len(self._hints) > MAX_HINTS:
-                del self._hints[min(self._hints)]
+        if last is None or frame.height > last:
+            seen = self._frames.setdefault(frame.height, [])
+            if len(seen) < MAX_FRAMES_PER_HEIGHT and frame not in seen:
+                seen.append(frame)
+            while len(self._frames) > MAX_HINTS:
+                del self._frames[min(self._frames)]
+        if self._claimed is None or frame.height > self._claimed:
+            self._claimed = frame.height
+            self.m.websocket_height.set(frame.height)
+        self._wake.set()
+
+    def _on_served(self, height: int) -> None:
+        """The query node serves block `height` (its /status or /block said so)."""
         if self.chain_height is None or height > self.chain_height:
             self.chain_height = height
             self.m.chain_height.set(height)
-        if self._wanted is None or height > self._wanted:
-            self._wanted = height
+        if self._served is None or height > self._served:
+            self._served = height
+            self._served_up.set()
+            self._wake.set()
         self._update_lag()
-        self._wake.set()
 
     def _update_lag(self) -> None:
         self.m.lag.set(lag_blocks(self.state.last_height, self.chain_height))
@@ -274,7 +316,7 @@ class ChainWatcher:
                     log.info("subscribed to NewBlock", extra={"url": url})
                     self._kick.set()  # catch up at once on what the gap may have hidden
                     async for block in subscription.blocks():
-                        self._observe(block.height, block)
+                        self._on_frame(block)
             except ChainError as exc:
                 log.warning("websocket lost; reconnecting", extra={"url": url, "error": str(exc)})
             finally:
@@ -292,7 +334,7 @@ class ChainWatcher:
             try:
                 status = await self.rpc.status()
             except ChainError as exc:
-                if self.chain_reachable or self._wanted is None:
+                if self.chain_reachable or self._served is None:
                     log.warning("chain unreachable", extra={"url": self.settings.rpc_url, "error": str(exc)})
                 self.chain_reachable = False
                 self.m.errors.labels(kind="rpc").inc()
@@ -303,16 +345,16 @@ class ChainWatcher:
                     )
                 self.chain_reachable = True
                 self.catching_up = status.catching_up
+                self._earliest = status.earliest_height
                 last = self.state.last_height
                 if last is not None and status.height < last:
                     log.warning(
                         "the chain is below the cursor (a different or reset chain?); waiting for it",
                         extra={"height": status.height, "cursor": last},
                     )
-                    self._wanted = status.height
                 self.chain_height = status.height
                 self.m.chain_height.set(status.height)
-                self._observe(status.height)
+                self._on_served(status.height)
             interval = (
                 self.settings.status_check_interval_s
                 if self.websocket_connected
@@ -325,23 +367,58 @@ class ChainWatcher:
 
     # -- publishing -------------------------------------------------------------------------
 
+    def _next(self) -> NextHeight | None:
+        return plan_next(
+            self.state.last_height, self._served, self._claimed, self.settings.max_backfill_blocks
+        )
+
+    def _snapshot_due(self) -> bool:
+        return asyncio.get_running_loop().time() >= self._snapshot_due_at
+
     def _work_pending(self) -> bool:
-        if self._wanted is None:
-            return False
-        last = self.state.last_height
-        return self._announce_version or last is None or last < self._wanted
+        if self._next() is not None:
+            return True
+        # A snapshot without a new block is taken at the cursor, so there must be one.
+        return self.state.last_height is not None and self._snapshot_due()
+
+    async def _idle(self) -> None:
+        """Wait for a new height, or until the next snapshot is due."""
+        timeout: float | None = None
+        if self.state.last_height is not None:
+            timeout = max(0.0, self._snapshot_due_at - asyncio.get_running_loop().time())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
 
     async def _sync_loop(self) -> None:
         attempt = 0
+        waits = 0
         while True:
             if not self._work_pending():
-                await self._wake.wait()
+                await self._idle()
             self._wake.clear()
             if not self._work_pending():
                 continue
+            self._served_up.clear()
             try:
                 await self._step()
-                attempt = 0
+                attempt = waits = 0
+            except HeightNotServed as exc:
+                # Not a failure: ask again, no faster than the backoff allows and no slower than a
+                # /status poll, sooner when /status reports the query node has moved on.
+                poll = self.settings.poll_interval_s
+                delay = backoff_delay(waits, min(self.settings.reconnect_initial_s, poll), poll, self.rand())
+                waits += 1
+                self.m.height_waits.inc()
+                if self._waiting_for != exc.height:
+                    self._waiting_for = exc.height
+                    log.info(
+                        "height not served by the query node yet; waiting for it",
+                        extra={"height": exc.height, "claimed": self._claimed, "error": str(exc)},
+                    )
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._served_up.wait()
             except (
                 ChainError,
                 BusError,
@@ -368,67 +445,86 @@ class ChainWatcher:
                 await asyncio.sleep(delay)
 
     async def _step(self) -> None:
-        """Publish the next height (or only the start-up version snapshot), then move the cursor."""
-        assert self._wanted is not None
-        height, skipped = next_height(self.state.last_height, self._wanted, self.settings.max_backfill_blocks)
-        if skipped:
-            self.m.blocks_skipped.inc(skipped)
+        """Publish the next height served (with the snapshot when due), or only the snapshot."""
+        nxt = self._next()
+        snapshot = self._snapshot_due()
+        if nxt is not None and nxt.skipped:
+            self.m.blocks_skipped.inc(nxt.skipped)
             log.warning(
                 "too far behind: skipping blocks",
                 extra={
-                    "skipped": skipped,
+                    "skipped": nxt.skipped,
                     "from_height": (self.state.last_height or 0) + 1,
-                    "height": height,
+                    "height": nxt.height,
                 },
             )
-        blocks = [await self._block(height)] if height is not None else []
-        at = height if height is not None else min(self._wanted, self.state.last_height or self._wanted)
-        plans, version = await self._read_chain_state(at, latest=at >= self._wanted)
-        announce = self._announce_version and version is not None
-        step = decide(self.state, blocks, plans, version, observed_at=at, announce_version=announce)
+        if nxt is not None:
+            blocks = [await self._block(nxt.height)]
+            at = nxt.height
+        elif self.state.last_height is not None and snapshot:
+            blocks, at = [], self.state.last_height
+        else:
+            return
+        plans, version = await self._read_chain_state(at)
+        step = decide(self.state, blocks, plans, version, observed_at=at, announce_version=snapshot)
         await self._publish(step)
         await self._save(step.state)
-        if announce:
-            self._announce_version = False
-        for h in [h for h in self._hints if h <= (self.state.last_height or 0)]:
-            del self._hints[h]
+        if snapshot or step.version is not None:
+            if snapshot and step.version is None:
+                log.warning(
+                    "version snapshot skipped: the chain's state at this height could not be read",
+                    extra={"height": at, "version": version},
+                )
+            interval = self.settings.version_snapshot_interval_s
+            self._snapshot_due_at = asyncio.get_running_loop().time() + interval
+        self._waiting_for = None
+        for h in [h for h in self._frames if h <= (self.state.last_height or 0)]:
+            del self._frames[h]
 
     async def _block(self, height: int) -> ObservedBlock:
-        hint = self._hints.get(height)
-        if hint is not None:
-            return hint
+        """Block `height` as the query node serves it; `HeightNotServed` when it has not got it yet."""
         try:
             block = await self.rpc.block(height)
         except RpcError as exc:
-            # The node no longer has it (pruned): the height is still a fact worth publishing.
-            log.warning(
-                "block unavailable; publishing its height only", extra={"height": height, "error": str(exc)}
-            )
-            return ObservedBlock(height)
-        self.m.blocks_backfilled.inc()
+            refusal = classify_block_refusal(height, str(exc), self._earliest)
+            if refusal.kind is Refusal.FUTURE:
+                if refusal.node_height is not None:
+                    self._on_served(refusal.node_height)
+                raise HeightNotServed(str(exc), height) from None
+            if refusal.kind is Refusal.PRUNED:
+                log.warning(
+                    "block pruned on the node; publishing its height only",
+                    extra={"height": height, "earliest": self._earliest, "error": str(exc)},
+                )
+                return ObservedBlock(height)
+            raise
+        self._on_served(height)
+        frames = self._frames.get(height, [])
+        if not frames:
+            self.m.blocks_backfilled.inc()
+        for frame in frames:
+            if frame_disagrees(frame, block):
+                self.m.frames_contradicted.inc()
+                log.warning(
+                    "a websocket frame disagrees with the block the node serves; publishing the node's",
+                    extra={"height": height, "frame_hash": frame.hash, "hash": block.hash},
+                )
         return block
 
-    async def _read_chain_state(
-        self, height: int, *, latest: bool
-    ) -> tuple[list[ObservedPlan] | None, str | None]:
-        """Plans and version as of block `height`; unpinned only when `height` is the newest block."""
-        pin = height if height > 0 else None
+    async def _read_chain_state(self, height: int) -> tuple[list[ObservedPlan] | None, str | None]:
+        """Plans and version as of block `height`, always pinned to it."""
         try:
-            return await self.queries.partial_upgrades(pin), await self.queries.mlnode_version(pin)
+            return await self.queries.partial_upgrades(height), await self.queries.mlnode_version(height)
         except QueryError as exc:
-            if exc.code in _TRANSIENT or pin is None:
+            if exc.code in _TRANSIENT:
                 raise
-            if not latest:
-                log.info(
-                    "state at this height is not queryable; reading it later",
-                    extra={"height": height, "error": str(exc)},
-                )
-                return None, None
+            if is_future_state_error(str(exc)):
+                raise HeightNotServed(str(exc), height) from None
             log.info(
-                "height-pinned query refused; reading the latest state",
+                "state at this height is not queryable; reading it at a later height",
                 extra={"height": height, "error": str(exc)},
             )
-            return await self.queries.partial_upgrades(None), await self.queries.mlnode_version(None)
+            return None, None
 
     async def _publish(self, step: Step) -> None:
         assert self.bus is not None
@@ -505,6 +601,8 @@ class ChainWatcher:
         return {
             "cursor": self.state.last_height,
             "chain_height": self.chain_height,
+            "served_height": self._served,
+            "claimed_height": self._claimed,
             "lag": lag_blocks(self.state.last_height, self.chain_height),
             "chain_reachable": self.chain_reachable,
             "catching_up": self.catching_up,

@@ -38,6 +38,9 @@ class ChainWatcherSettings(ServiceSettings):
     # /readyz fails when the cursor is more than this many blocks behind the chain.
     max_lag_blocks: Annotated[int, Field(ge=0)] = 5
     publish_retry_s: Annotated[float, Field(ge=0, le=600)] = 10.0
+    # chain.version is also published every this many seconds (besides start-up and changes), at
+    # the newest published height, so the registry can correct itself from the chain's own word.
+    version_snapshot_interval_s: Annotated[float, Field(ge=0.05, le=86_400)] = 10.0
     bucket: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = "chain_watcher"
     websocket_max_message_bytes: Annotated[int, Field(ge=65_536)] = 32 * 1024 * 1024
 

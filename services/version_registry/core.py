@@ -1,17 +1,45 @@
 """Which MLNode version is current, decided from chain facts with no I/O.
 
-`apply(state, command)` returns the new state and the `version.changed` events to publish. The
-rules, each a failure mode of the original implementation turned around:
+`apply(state, command, now, seq)` returns the new state and the `version.changed` events to
+publish. `seq` is the command's stream sequence in the CHAIN stream (None for commands from
+elsewhere: rollbacks, `broker.refreshed`); it survives redelivery, so it tells an old message from
+a new one. The rules, each a failure mode of the original implementation turned around:
 
-- Plans apply in height order on the first block at or above their height; several due plans all
-  apply, each recorded. A plan that arrives for a height already passed applies at once, unless a
-  newer switch already superseded it.
-- Every command is idempotent: a replayed block, plan, snapshot, refresh or rollback changes nothing.
+- Plans apply in height order on the block that reaches their height: a block at `b` after the
+  highest block seen `L` applies every pending plan with `L < height <= b`, each recorded.
+- Every command is idempotent: a replayed or redelivered block, plan, snapshot, refresh or rollback
+  changes nothing.
 - The chain is the source of truth: its `MLNodeVersion` snapshot is adopted (reason `sync`) when no
   pending plan explains the difference, so a plan missed while everyone was down still lands. A fresh
   registry waits for the first snapshot before it decides anything.
 - An operator rollback holds until the next plan applies; snapshots do not undo it.
 - `broker.refreshed` sets last_used only for the current transition.
+
+The chain's word is final; blocks and plans are provisional. A block or plan is only as good as
+whoever typed it, so the registry never lets one outlast the chain's next snapshot:
+
+- A snapshot at `H` is the chain's word. Its height becomes `chain_height` and `last_height`: if
+  the registry was ahead (`last_height > H`, a block the chain never produced), it steps back to `H`
+  (reported in `Outcome.stepped_back` for the alarm). Switches made above `H` are undone: the version
+  becomes the chain's (a new `sync` transition), unless the last switch still standing after the
+  step back is an operator rollback, which then holds (it is re-announced if a block had ended it).
+- When the snapshot lists the chain's plans, pending becomes exactly the listed plans above `H`
+  (a plan the chain does not have is dropped, one a contradicted switch consumed is back). Without
+  a list, plans that blocks above `H` consumed go back to pending.
+- Pending plans at or below `H` are settled by the snapshot: the chain's version already includes
+  them. The highest of them applies (as its plan) only if it names the chain's version; otherwise
+  the version follows the chain by `sync`.
+- A plan at or below `last_height` on arrival is late. It never applies on arrival: it waits for
+  the next snapshot, which either passed its height (and settles it as above) or steps back below
+  it (and it applies on its block). A plan at or below `chain_height` is already in the chain's
+  version and does not apply.
+- Order comes from the stream: a snapshot older than any chain event already applied is ignored
+  (the next one brings the chain's word again); blocks and plans older than the last snapshot with
+  a height or a plan list are settled by it and ignored; a plan older than the one held for its
+  height does not replace it.
+- Plans a block applied, or a snapshot settled, stay in `settled` until the next snapshot with a
+  height, so a step back can restore them; every snapshot with a height empties it, so the
+  persisted state stays bounded.
 """
 
 from __future__ import annotations
@@ -35,12 +63,17 @@ from shared.versions import MLNodeVersion
 __all__ = [
     "Command",
     "CoreState",
+    "HeldPlan",
+    "Outcome",
     "Rollback",
     "RollbackRefused",
+    "StepBack",
     "apply",
+    "forget_stream_positions",
 ]
 
-SNAPSHOT_MEMORY = 64  # snapshots remembered for replay detection
+SNAPSHOT_MEMORY = 64  # snapshots without a stream sequence remembered for replay detection
+MAX_SETTLED = 1000  # bound on `settled` between two snapshots (plans are governance events: few)
 
 
 class RollbackRefused(ValueError):
@@ -61,8 +94,17 @@ class Rollback(BaseModel):
 Command = BlockCommitted | UpgradeScheduled | ChainVersionObserved | BrokerRefreshed | Rollback
 
 
+class HeldPlan(PendingPlan):
+    """A plan the registry holds, with the stream sequence of the message that brought it (0: unknown)."""
+
+    seq: int = 0
+
+    def public(self) -> PendingPlan:
+        return PendingPlan(height=self.height, node_version=self.node_version, name=self.name)
+
+
 class CoreState(BaseModel):
-    """Everything the registry knows; persisted as JSON in the KV bucket."""
+    """Everything the registry knows; persisted as JSON in the KV bucket (new fields have defaults)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -72,10 +114,17 @@ class CoreState(BaseModel):
     current_transition: str | None = None
     current_height: int = 0  # height of the switch that made `current` current
     last_height: int = 0
-    pending: tuple[PendingPlan, ...] = ()  # sorted by height; one plan per height, as on the chain
+    pending: tuple[HeldPlan, ...] = ()  # sorted by height; one plan per height, as on the chain
     history: tuple[Transition, ...] = ()
     rollback_active: bool = False
-    seen_snapshots: tuple[str, ...] = ()
+    seen_snapshots: tuple[str, ...] = ()  # only for snapshots applied without a stream sequence
+    # The chain's last word: the height and version of the last snapshot with a height.
+    chain_height: int = 0
+    chain_version: MLNodeVersion | None = None
+    settled: tuple[HeldPlan, ...] = ()  # plans consumed since the last snapshot (sorted by height)
+    chain_seq: int = 0  # highest CHAIN stream sequence applied
+    word_seq: int = 0  # stream sequence of the last snapshot with a height or a plan list
+    ahead_of_chain_total: int = 0  # step backs so far
 
     def view(self, revision: int = 0) -> RegistryState:
         return RegistryState(
@@ -83,9 +132,11 @@ class CoreState(BaseModel):
             last_used_version=self.last_used,
             current_transition=self.current_transition,
             last_height=self.last_height,
-            pending=self.pending,
+            pending=tuple(p.public() for p in self.pending),
             rollback_active=self.rollback_active,
             revision=revision,
+            chain_height=self.chain_height,
+            chain_version=self.chain_version,
         )
 
     def has_transition(self, transition_id: str) -> bool:
@@ -93,29 +144,64 @@ class CoreState(BaseModel):
 
 
 @dataclass(frozen=True)
+class StepBack:
+    """The registry was ahead of the chain: `from_height` seen, the chain's snapshot says `to_height`."""
+
+    from_height: int
+    to_height: int
+    chain_version: MLNodeVersion
+    version_before: MLNodeVersion | None
+
+
+@dataclass(frozen=True)
 class Outcome:
     state: CoreState
     changes: tuple[VersionChanged, ...] = ()
+    stepped_back: StepBack | None = None
 
 
 def plan_transition_id(height: int, version: MLNodeVersion) -> str:
     return f"{height}-{version.raw}"
 
 
-def apply(state: CoreState, command: Command, now: datetime) -> Outcome:
-    """The new state and the switches it made; `now` stamps new history entries only."""
+def apply(state: CoreState, command: Command, now: datetime, seq: int | None = None) -> Outcome:
+    """The new state and the switches it made; `now` stamps new history entries only.
+
+    `seq` is the CHAIN stream sequence of a chain command (None: unknown, taken as the newest).
+    """
     if isinstance(command, BlockCommitted):
-        return _on_block(state, command.height, now)
+        return _on_block(state, command.height, now, seq)
     if isinstance(command, UpgradeScheduled):
-        return _on_plan(state, command, now)
+        return _on_plan(state, command, seq)
     if isinstance(command, ChainVersionObserved):
-        return _on_snapshot(state, command, now)
+        return _on_snapshot(state, command, now, seq)
     if isinstance(command, BrokerRefreshed):
         return _on_refreshed(state, command)
     return _on_rollback(state, command, now)
 
 
+def forget_stream_positions(state: CoreState) -> CoreState:
+    """For a CHAIN stream that was re-created (its sequences start again): drop the order guards."""
+    return state.model_copy(
+        update={
+            "chain_seq": 0,
+            "word_seq": 0,
+            "pending": _reseq(state.pending),
+            "settled": _reseq(state.settled),
+        }
+    )
+
+
+def _reseq(plans: tuple[HeldPlan, ...]) -> tuple[HeldPlan, ...]:
+    return tuple(p.model_copy(update={"seq": 0}) for p in plans)
+
+
 # --- the rules ---------------------------------------------------------------------------------
+
+
+def _unique_id(state: CoreState, base: str) -> str:
+    """`base`, or `base:<n>` when a switch undone by a step back already used it."""
+    return base if not state.has_transition(base) else f"{base}:{len(state.history)}"
 
 
 def _switch(
@@ -130,6 +216,7 @@ def _switch(
     note: str = "",
 ) -> tuple[CoreState, VersionChanged]:
     covered, height = height, max(height, 1)  # events need a positive height; coverage keeps the real one
+    transition_id = _unique_id(state, transition_id)
     transition = Transition(
         transition_id=transition_id,
         previous=state.current,
@@ -159,24 +246,50 @@ def _switch(
     return new, event
 
 
-def _apply_due(state: CoreState, now: datetime) -> Outcome:
-    """Apply every pending plan at or below `last_height`, lowest height first."""
+def _by_height(plans: list[HeldPlan] | tuple[HeldPlan, ...]) -> tuple[HeldPlan, ...]:
+    """One plan per height (the last given wins), sorted by height."""
+    return tuple(sorted({p.height: p for p in plans}.values(), key=lambda p: p.height))
+
+
+def _settle(settled: tuple[HeldPlan, ...], *plans: HeldPlan) -> tuple[HeldPlan, ...]:
+    return _by_height([*settled, *plans])[-MAX_SETTLED:]
+
+
+def _seen(state: CoreState, seq: int | None) -> CoreState:
+    if seq is None or seq <= state.chain_seq:
+        return state
+    return state.model_copy(update={"chain_seq": seq})
+
+
+def _older_than_the_word(state: CoreState, seq: int | None) -> bool:
+    """Published before the chain's last word (a snapshot with a height or plan list): settled by it."""
+    return seq is not None and seq < state.word_seq
+
+
+def _on_block(state: CoreState, height: int, now: datetime, seq: int | None) -> Outcome:
+    if _older_than_the_word(state, seq):
+        return Outcome(state)
+    state = _seen(state, seq)
+    if height <= state.last_height:
+        return Outcome(state)
+    reached = state.last_height
+    state = state.model_copy(update={"last_height": height})
     if not state.initialized:
         return Outcome(state)
-    due = [p for p in state.pending if p.height <= state.last_height]
+    due = [p for p in state.pending if reached < p.height <= height]  # late plans wait for the chain
     if not due:
         return Outcome(state)
     state = state.model_copy(
-        update={"pending": tuple(p for p in state.pending if p.height > state.last_height)}
+        update={
+            "pending": tuple(p for p in state.pending if p not in due),
+            "settled": _settle(state.settled, *due),
+        }
     )
     changes: list[VersionChanged] = []
     for plan in due:  # pending is kept sorted by height
-        tid = plan_transition_id(plan.height, plan.node_version)
-        if state.has_transition(tid) or _superseded(state, plan.height):
-            continue  # applied already, or a newer switch already accounts for it
         state, event = _switch(
             state,
-            transition_id=tid,
+            transition_id=plan_transition_id(plan.height, plan.node_version),
             version=plan.node_version,
             height=plan.height,
             reason="plan",
@@ -187,52 +300,83 @@ def _apply_due(state: CoreState, now: datetime) -> Outcome:
     return Outcome(state, tuple(changes))
 
 
-def _superseded(state: CoreState, height: int) -> bool:
-    """A switch at or above `height` already happened, so this plan is not news.
-
-    At the same height the first switch wins: the chain applied one plan there, and if it was
-    not the one we applied, its snapshot corrects us.
-    """
-    return state.initialized and bool(state.history) and height <= state.current_height
-
-
-def _on_block(state: CoreState, height: int, now: datetime) -> Outcome:
-    if height <= state.last_height:
+def _on_plan(state: CoreState, plan: UpgradeScheduled, seq: int | None) -> Outcome:
+    if _older_than_the_word(state, seq):
         return Outcome(state)
-    return _apply_due(state.model_copy(update={"last_height": height}), now)
-
-
-def _on_plan(state: CoreState, plan: UpgradeScheduled, now: datetime) -> Outcome:
-    tid = plan_transition_id(plan.height, plan.node_version)
-    if state.has_transition(tid):
-        return Outcome(state)
-    entry = PendingPlan(height=plan.height, node_version=plan.node_version, name=plan.name)
-    others = tuple(p for p in state.pending if p.height != plan.height)
-    if entry in state.pending:
-        return Outcome(state)
-    pending = tuple(sorted((*others, entry), key=lambda p: p.height))
-    return _apply_due(state.model_copy(update={"pending": pending}), now)
+    state = _seen(state, seq)
+    entry = HeldPlan(height=plan.height, node_version=plan.node_version, name=plan.name, seq=seq or 0)
+    held = [p for p in (*state.pending, *state.settled) if p.height == plan.height]
+    if any(p.node_version == plan.node_version for p in held):
+        return Outcome(state)  # known already: waiting, or consumed and waiting for the chain's word
+    if seq is not None and any(p.seq > seq for p in held):
+        return Outcome(state)  # an older plan for a height the chain has since given another one
+    if state.initialized and plan.height <= state.chain_height:
+        # Already in the chain's version; kept until the next snapshot in case that steps back.
+        return Outcome(state.model_copy(update={"settled": _settle(state.settled, entry)}))
+    pending = _by_height([*state.pending, entry])
+    return Outcome(state.model_copy(update={"pending": pending}))
 
 
 def _snapshot_key(snapshot: ChainVersionObserved) -> str:
     return f"{snapshot.height or 0}:{snapshot.current_version.raw}"
 
 
-def _on_snapshot(state: CoreState, snapshot: ChainVersionObserved, now: datetime) -> Outcome:
-    key = _snapshot_key(snapshot)
-    if key in state.seen_snapshots:
-        return Outcome(state)
-    seen = (*state.seen_snapshots, key)[-SNAPSHOT_MEMORY:]
-    state = state.model_copy(update={"seen_snapshots": seen})
-    version = snapshot.current_version
+def _last_standing(state: CoreState, height: int) -> Transition | None:
+    """The newest switch a step back to `height` leaves standing: a rollback, or one at or below it."""
+    for transition in reversed(state.history):
+        if transition.reason == "rollback" or transition.height <= height:
+            return transition
+    return None
+
+
+def _on_snapshot(state: CoreState, snapshot: ChainVersionObserved, now: datetime, seq: int | None) -> Outcome:
+    if seq is not None:
+        if state.initialized and seq <= state.chain_seq:
+            return Outcome(state)  # replayed, or overtaken by newer chain events: the next one counts
+        state = _seen(state, seq).model_copy(update={"seen_snapshots": ()})
+        if snapshot.height is not None or snapshot.plans is not None:
+            state = state.model_copy(update={"word_seq": seq})
+    else:
+        key = _snapshot_key(snapshot)
+        if key in state.seen_snapshots:
+            return Outcome(state)
+        state = state.model_copy(update={"seen_snapshots": (*state.seen_snapshots, key)[-SNAPSHOT_MEMORY:]})
+
+    version, height = snapshot.current_version, snapshot.height
+    pending, settled = state.pending, state.settled
+    stepped: StepBack | None = None
+    if height is not None:
+        if state.last_height > height:
+            stepped = StepBack(state.last_height, height, version, state.current)
+            if snapshot.plans is None:  # no list to go by: what contradicted blocks consumed is back
+                pending = _by_height([*(p for p in settled if p.height > height), *pending])
+        settled = ()
+        state = state.model_copy(
+            update={
+                "last_height": height,
+                "chain_height": height,
+                "chain_version": version,
+                "current_height": min(state.current_height, height),
+                "ahead_of_chain_total": state.ahead_of_chain_total + (1 if stepped else 0),
+            }
+        )
+    if snapshot.plans is not None:
+        floor = height or 0
+        listed = [
+            HeldPlan(height=p.height, node_version=p.node_version, name=p.name, seq=seq or 0)
+            for p in snapshot.plans
+            if p.height > floor
+        ]
+        pending = _by_height([*(p for p in pending if p.height <= floor), *listed])
+    due = tuple(p for p in pending if height is not None and p.height <= height)
+    pending = tuple(p for p in pending if p not in due)
+    state = state.model_copy(update={"pending": pending, "settled": _settle(settled, *due)})
     changes: list[VersionChanged] = []
 
     if not state.initialized:
         # Start from the chain's word; plans at or below its height are already in it.
-        at = snapshot.height or state.last_height
-        last_height = max(state.last_height, snapshot.height or 0)
-        pending = tuple(p for p in state.pending if snapshot.height is None or p.height > snapshot.height)
-        state = state.model_copy(update={"initialized": True, "last_height": last_height, "pending": pending})
+        state = state.model_copy(update={"initialized": True})
+        at = height or state.last_height
         state, event = _switch(
             state,
             transition_id=f"sync-{at}-{version.raw}",
@@ -241,24 +385,53 @@ def _on_snapshot(state: CoreState, snapshot: ChainVersionObserved, now: datetime
             reason="sync",
             now=now,
         )
-        outcome = _apply_due(state, now)
-        return Outcome(outcome.state, (event, *outcome.changes))
+        return Outcome(state, (event,), stepped)
 
-    # The snapshot says the chain reached its height: due plans apply first.
-    if snapshot.height is not None and snapshot.height > state.last_height:
-        outcome = _on_block(state, snapshot.height, now)
-        state, changes = outcome.state, list(outcome.changes)
+    if stepped is not None:
+        state, changes = _step_back(state, height or 0, now)
+
+    if due and state.current != version:
+        top = due[-1]
+        if top.node_version == version and (not state.rollback_active or top.height > state.current_height):
+            state, event = _switch(
+                state,
+                transition_id=plan_transition_id(top.height, top.node_version),
+                version=top.node_version,
+                height=top.height,
+                reason="plan",
+                now=now,
+                note=top.name,
+            )
+            changes.append(event)
     if version == state.current or state.rollback_active:
-        return Outcome(state, tuple(changes))
-    if snapshot.height is not None and snapshot.height < state.current_height:
-        return Outcome(state, tuple(changes))  # older than our newest switch: stale
-    if snapshot.height is None and any(p.node_version == version for p in state.pending):
-        return Outcome(state, tuple(changes))  # a pending plan explains it; its block will come
-    at = snapshot.height or state.last_height
+        return Outcome(state, tuple(changes), stepped)
+    if height is None and any(p.node_version == version for p in state.pending):
+        return Outcome(state, tuple(changes), stepped)  # a pending plan explains it; its block will come
+    at = height or state.last_height
     state, event = _switch(
         state, transition_id=f"sync-{at}-{version.raw}", version=version, height=at, reason="sync", now=now
     )
-    return Outcome(state, (*changes, event))
+    return Outcome(state, (*changes, event), stepped)
+
+
+def _step_back(state: CoreState, height: int, now: datetime) -> tuple[CoreState, list[VersionChanged]]:
+    """Undo the switches above `height`: only an operator rollback outlives them."""
+    standing = _last_standing(state, height)
+    if standing is None or standing.reason != "rollback":
+        return state.model_copy(update={"rollback_active": False}), []
+    if state.current == standing.current:
+        return state.model_copy(update={"rollback_active": True}), []
+    state, event = _switch(
+        state,
+        transition_id=standing.transition_id.split(":")[0],
+        version=standing.current,
+        height=min(standing.height, height),
+        reason="rollback",
+        now=now,
+        actor=standing.actor,
+        note=standing.note,
+    )
+    return state, [event]
 
 
 def _on_refreshed(state: CoreState, refreshed: BrokerRefreshed) -> Outcome:

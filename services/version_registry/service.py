@@ -19,11 +19,17 @@ from nats.aio.msg import Msg
 from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
 
-from services.version_registry.core import Command, Rollback, RollbackRefused, apply
+from services.version_registry.core import (
+    Command,
+    Outcome,
+    Rollback,
+    RollbackRefused,
+    apply,
+)
 from services.version_registry.settings import RegistrySettings
-from services.version_registry.store import STATE_KEY, RegistryStore, Stored, StoredState
-from shared.bus import BROKER_STREAM, CHAIN_STREAM, VERSION_STREAM, BucketSpec, Bus
-from shared.consumer import ConsumerSpec, Delivery, DurableConsumer
+from services.version_registry.store import RegistryStore, Stored, StoredState
+from shared.bus import CHAIN_STREAM, VERSION_STREAM, Bus
+from shared.consumer import Delivery, DurableConsumer
 from shared.events import (
     BlockCommitted,
     BrokerRefreshed,
@@ -35,6 +41,7 @@ from shared.events import (
 from shared.kv_store import StaleRevisionError, VersionedStore
 from shared.logging import get_logger
 from shared.metrics import PREFIX, ServiceMetrics
+from shared.provisioning import registry_consumers
 from shared.registry_api import (
     HISTORY_SUBJECT,
     ROLLBACK_SUBJECT,
@@ -50,6 +57,7 @@ __all__ = ["RegistryMetrics", "RegistryService"]
 
 log = get_logger(__name__)
 MAX_CAS_ATTEMPTS = 100
+CHAIN = CHAIN_STREAM.name  # the stream chain facts come from; its sequences order them
 
 
 class RegistryMetrics(ServiceMetrics):
@@ -74,6 +82,14 @@ class RegistryMetrics(ServiceMetrics):
         self.handoff_pending = Gauge(
             f"{PREFIX}_registry_handoff_pending", "1 while current != last_used", registry=r
         )
+        self.chain_height = Gauge(
+            f"{PREFIX}_registry_chain_height", "Height of the chain's last version snapshot", registry=r
+        )
+        self.ahead_of_chain_total = Counter(
+            f"{PREFIX}_registry_ahead_of_chain_total",
+            "Chain snapshots that found the registry ahead of the chain (it stepped back to the chain)",
+            registry=r,
+        )
 
 
 class RegistryService:
@@ -96,10 +112,7 @@ class RegistryService:
     # -- start-up ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.bus.ensure_streams()
-        kv = await self.bus.ensure_bucket(
-            BucketSpec(self.settings.bucket, "version-registry state: current, last used, plans, history")
-        )
+        kv = await self.bus.bind_bucket(self.settings.bucket)  # provisioned: `mlnode-upgrade nats provision`
         self._store = RegistryStore(VersionedStore(kv))
         stored = await self.store.load()
         await self._set_latest(stored)
@@ -115,34 +128,29 @@ class RegistryService:
         return self._store
 
     def consumers(self) -> list[DurableConsumer]:
-        wait = self.settings.ack_wait_s
-        return [
-            DurableConsumer(
-                self.bus,
-                ConsumerSpec(CHAIN_STREAM.name, self.settings.chain_durable, ("chain.>",), ack_wait_s=wait),
-                self.handle,
-            ),
-            DurableConsumer(
-                self.bus,
-                ConsumerSpec(
-                    BROKER_STREAM.name, self.settings.broker_durable, ("broker.refreshed",), ack_wait_s=wait
-                ),
-                self.handle,
-            ),
-        ]
+        specs = registry_consumers(
+            self.settings.chain_durable, self.settings.broker_durable, self.settings.ack_wait_s
+        )
+        return [DurableConsumer(self.bus, spec, self.handle) for spec in specs]
 
     # -- commands ----------------------------------------------------------------------------
 
     async def handle(self, event: Event, delivery: Delivery) -> None:
-        if isinstance(event, BlockCommitted | UpgradeScheduled | ChainVersionObserved | BrokerRefreshed):
+        if isinstance(event, BlockCommitted | UpgradeScheduled | ChainVersionObserved):
+            # The stream sequence orders chain facts; it survives redelivery.
+            await self.submit(event, seq=delivery.stream_seq if delivery.stream == CHAIN else None)
+        elif isinstance(event, BrokerRefreshed):
             await self.submit(event)
 
-    async def submit(self, command: Command) -> Stored:
-        """Decide and persist one command; returns the stored state after it (outbox flushed)."""
+    async def submit(self, command: Command, seq: int | None = None) -> Stored:
+        """Decide and persist one command; returns the stored state after it (outbox flushed).
+
+        `seq` is a chain command's CHAIN stream sequence (None for rollbacks and broker events).
+        """
         async with self._lock:
             for _ in range(MAX_CAS_ATTEMPTS):
                 stored = await self.store.load()
-                outcome = apply(stored.state.core, command, self.clock())
+                outcome = apply(stored.state.core, command, self.clock(), seq)
                 if outcome.state == stored.state.core:
                     if stored.state.outbox:
                         stored = await self._flush(stored)
@@ -154,6 +162,7 @@ class RegistryService:
                 except StaleRevisionError:
                     self.metrics.cas_conflicts_total.inc()
                     continue
+                self._report_step_back(outcome)
                 for change in outcome.changes:
                     self.metrics.transitions_total.labels(reason=change.reason).inc()
                     log.info(
@@ -171,6 +180,23 @@ class RegistryService:
                 await self._set_latest(stored)
                 return stored
         raise RuntimeError(f"state write lost {MAX_CAS_ATTEMPTS} compare-and-swap races in a row")
+
+    def _report_step_back(self, outcome: Outcome) -> None:
+        back = outcome.stepped_back
+        if back is None:
+            return
+        self.metrics.ahead_of_chain_total.inc()
+        log.warning(
+            "registry was ahead of the chain: stepped back to the chain's snapshot",
+            extra={
+                "event": ChainVersionObserved.SUBJECT,
+                "version": back.chain_version.raw,
+                "previous": back.version_before.raw if back.version_before else None,
+                "height": back.to_height,
+                "from_height": back.from_height,
+                "current": outcome.state.current.raw if outcome.state.current else None,
+            },
+        )
 
     async def _flush(self, stored: Stored) -> Stored:
         """Publish what the outbox owes, then clear it (CAS); safe to run from two instances."""
@@ -249,6 +275,7 @@ class RegistryService:
         self.latest = stored
         core = stored.state.core
         self.metrics.last_height.set(core.last_height)
+        self.metrics.chain_height.set(core.chain_height)
         self.metrics.pending_plans.set(len(core.pending))
         self.metrics.handoff_pending.set(1 if core.view().handoff_needed else 0)
         self.metrics.current_version.clear()
@@ -257,31 +284,23 @@ class RegistryService:
         async with self._changed:
             self._changed.notify_all()
 
-    async def follow_other_writers(self) -> None:
-        """Keep `latest` fresh when another instance writes (for WatchState); re-created on errors."""
+    async def follow_other_writers(self, interval_s: float = 0.5) -> None:
+        """Keep `latest` fresh when another instance writes (for WatchState).
+
+        A poll of the state key, not a KV watch: a watch is a push consumer, and services may not
+        create consumers (a push consumer's deliver subject could be any subject). Our own writes
+        update `latest` at once; another instance's show within `interval_s`.
+        """
         while True:
             try:
-                kv = await self.bus.js.key_value(self.settings.bucket)
-                watcher = await kv.watch(STATE_KEY)
-                try:
-                    while True:
-                        try:
-                            entry = await watcher.updates(timeout=5.0)  # type: ignore[no-untyped-call]
-                        except nats.errors.TimeoutError:
-                            entry = None
-                        if entry is None or entry.value is None:
-                            await self._set_latest(await self.store.load())
-                            continue
-                        state = StoredState.model_validate_json(entry.value)
-                        await self._set_latest(Stored(state, entry.revision))
-                finally:
-                    with contextlib.suppress(Exception):
-                        await watcher.stop()  # type: ignore[no-untyped-call]
+                stored = await self.store.load()
+                if stored.revision != self.latest.revision:
+                    await self._set_latest(stored)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("state watcher interrupted, re-creating", extra={"error": repr(exc)})
-                await asyncio.sleep(1.0)
+                log.warning("cannot read the registry state; retrying", extra={"error": repr(exc)})
+            await asyncio.sleep(interval_s)
 
     # -- NATS request-reply ------------------------------------------------------------------
 

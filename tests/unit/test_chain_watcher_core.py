@@ -155,7 +155,7 @@ def test_version_is_published_on_change_with_the_height_it_was_read_at() -> None
     unchanged = decide(state, [ObservedBlock(10)], [], "v3.0.8", observed_at=10)
     assert unchanged.version is None
     changed = decide(unchanged.state, [ObservedBlock(11)], [], "v3.0.9", observed_at=11)
-    assert changed.version == ChainVersionObserved(current_version="v3.0.9", height=11)  # type: ignore[arg-type]
+    assert changed.version == ChainVersionObserved(current_version="v3.0.9", height=11, plans=())  # type: ignore[arg-type]
     assert changed.publishes[-1].msg_id == "chain-version-11-v3.0.9"
     assert changed.state.chain_version == "v3.0.9"
 

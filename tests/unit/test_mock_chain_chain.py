@@ -157,3 +157,28 @@ def test_queries_can_be_pinned_to_a_past_height() -> None:
         chain.state_at(6)
     with pytest.raises(StateUnavailable, match="version does not exist"):
         chain.state_at(1)  # pruned: only the last 3 (+1) states are kept
+
+
+def test_a_lagging_node_answers_from_its_own_head() -> None:
+    chain = Chain(voting_period_blocks=1)
+    chain.submit_proposal(parse_proposal(proposal((3, "v3.0.9"))))
+    advance(chain, 5)
+    assert chain.state_at(None, head=2).height == 2
+    assert chain.state_at(None, head=2).mlnode_version == "v3.0.8"
+    assert chain.state_at(2, head=2).height == 2
+    with pytest.raises(StateUnavailable, match=r"in the future.*requested 3, latest 2"):
+        chain.state_at(3, head=2)
+    assert chain.state_at(None, head=99).height == 5  # never ahead of the chain
+
+
+def test_block_retention_keeps_the_newest_blocks_and_moves_the_earliest_height() -> None:
+    chain = Chain(block_retention_blocks=3)
+    assert chain.earliest_height == 0
+    advance(chain, 2)
+    assert chain.earliest_height == 1 and sorted(chain.blocks) == [1, 2]
+    advance(chain, 5)
+    assert chain.earliest_height == 5 and sorted(chain.blocks) == [5, 6, 7]
+    assert Chain().earliest_height == 0
+    kept = Chain()
+    advance(kept, 4)
+    assert kept.earliest_height == 1 and len(kept.blocks) == 4
