@@ -510,6 +510,13 @@ class BenchStack:
             ],
             ready_url=f"http://127.0.0.1:{self.nats_monitor}/healthz?js-enabled-only=true",
         )
+        # Streams, buckets and consumers are provisioned before the services, as in production.
+        subprocess.run(
+            [sys.executable, "-m", "cli", "nats", "provision", "--url", self.nats_url],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         if cfg.mlnodes:
             for version, port in self.mock_ports.items():
                 procs.spawn(

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from cli.deploy_files import stale_files, write_all
+from cli.deploy_files import stale_files, write_all, write_secrets
 from cli.ops import Endpoints, OpsError, add_node, list_nodes, remove_node, rollback, show_status
 from cli.propose import propose
 from cli.stack import StackConfig
@@ -29,6 +29,8 @@ nodes_app = typer.Typer(no_args_is_help=True, help="The broker's MLNodes (admin 
 app.add_typer(nodes_app, name="nodes")
 deploy_app = typer.Typer(no_args_is_help=True, help="The generated files under deploy/.")
 app.add_typer(deploy_app, name="deploy")
+nats_app = typer.Typer(no_args_is_help=True, help="NATS: streams, buckets and consumers.")
+app.add_typer(nats_app, name="nats")
 
 RUN_DIR = typer.Option(DEV_RUN_DIR, "--run-dir", help="The local stack's directory (stack.json)")
 REGISTRY = typer.Option(None, "--registry-url", help="version-registry HTTP, e.g. http://host:8081")
@@ -210,6 +212,13 @@ def deploy_render(
         typer.echo(f"wrote {path}")
 
 
+@deploy_app.command("secrets")
+def deploy_secrets(out: Path = typer.Option(Path("deploy"), "--out", help="The deploy directory")) -> None:
+    """Write deploy/.env (missing secrets generated) and the NATS passwords file; both git-ignored."""
+    for path in write_secrets(out):
+        typer.echo(f"wrote {path}")
+
+
 @events_app.command("docs")
 def events_docs(
     out: Path = typer.Option(Path("docs"), help="Directory that receives events.md and events/*.schema.json"),
@@ -225,6 +234,31 @@ def events_docs(
         return
     for path in write_docs(out):
         typer.echo(f"wrote {path}")
+
+
+@nats_app.command("provision")
+def nats_provision(
+    url: str | None = typer.Option(None, "--url", help="NATS URL(s) (default: PROVISION_NATS__URL)"),
+    user: str | None = typer.Option(None, "--user", help="NATS user (default: PROVISION_NATS__USER)"),
+    password_file: Path | None = typer.Option(None, "--password-file", help="The user's password file"),
+) -> None:
+    """Create or update every stream, KV bucket and durable consumer (idempotent); run before the services."""
+    from cli.provision import ProvisionSettings, run_provision
+    from shared.bus import BusError
+    from shared.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings(ProvisionSettings)
+        given: dict[str, object] = {"url": url, "user": user, "password_file": password_file}
+        overrides = {k: v for k, v in given.items() if v}
+        if password_file is not None:
+            overrides["password"] = None
+        nats = settings.nats.model_validate({**settings.nats.model_dump(), **overrides})
+        done = run_provision(nats, connect_timeout_s=settings.connect_timeout_s)
+    except (SettingsError, BusError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"provisioned {done.summary()}")
 
 
 def main() -> None:

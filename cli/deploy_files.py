@@ -8,16 +8,26 @@ test) fails when the committed files are stale.
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 from shared.generated_files import stale_files as stale_generated
 from shared.generated_files import write_files
-from shared.nats_config import SERVICE_ACCESS, NatsUser, render_server_config
+from shared.nats_config import NatsUser, render_password_include, render_server_config, user_names
 from shared.nginx_config import ProxyServer, VersionUpstream, render_nginx_conf
 from shared.versions import parse_version
 
-__all__ = ["DEPLOY_NODES", "DeployTopology", "password_variable", "render_all", "stale_files", "write_all"]
+__all__ = [
+    "DEPLOY_NODES",
+    "SECRET_VARIABLES",
+    "DeployTopology",
+    "password_variable",
+    "render_all",
+    "stale_files",
+    "write_all",
+    "write_secrets",
+]
 
 DEPLOY_NODES = ("node-1", "node-2")
 NATS_USER_OF_SERVICE = {"chain-watcher": "chain-watcher", "version-registry": "registry", "broker": "broker"}
@@ -55,9 +65,16 @@ def nginx_conf(topology: DeployTopology, node: str) -> str:
     return render_nginx_conf(servers, resolver="127.0.0.11")
 
 
+PASSWORDS_INCLUDE = "passwords.conf"  # beside nats-server.conf; a secret, made by `deploy secrets`
+TOKEN_VARIABLES = ("REGISTRY_ADMIN_TOKEN", "BROKER_ADMIN_TOKEN")
+SECRET_VARIABLES = (*(password_variable(u) for u in user_names()), *TOKEN_VARIABLES)
+
+
 def nats_conf() -> str:
-    users = [NatsUser(user, f"${password_variable(user)}", access) for user, access in SERVICE_ACCESS.items()]
+    """The server config: passwords are variables that the included secrets file defines, quoted."""
+    users = [NatsUser(user, f"${password_variable(user)}") for user in user_names()]
     return render_server_config(
+        include=PASSWORDS_INCLUDE,
         server_name="nats-0",
         host="0.0.0.0",
         port=4222,
@@ -117,6 +134,46 @@ def render_all(topology: DeployTopology | None = None) -> dict[str, str]:
     files["k8s/config/mlnode-proxy.conf"] = k8s_pod_proxy_conf(topology)
     files["k8s/config/nodes.json"] = k8s_nodes_json(topology)
     return files
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    if not path.exists():
+        return values
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            values[key.strip()] = value
+    return values
+
+
+def write_secrets(deploy_dir: Path) -> list[Path]:
+    """`deploy/.env` with every secret (missing ones generated) and the NATS passwords include.
+
+    Values already in `.env` are kept, so an operator may choose their own; the include quotes
+    each password, so any characters work in the NATS config (in `.env`, write `$` as `$$` for
+    docker compose).
+    """
+    env_path = deploy_dir / ".env"
+    values = _read_env_file(env_path)
+    for name in SECRET_VARIABLES:
+        if not values.get(name):
+            values[name] = secrets.token_hex(24)
+    lines = ["# Secrets for docker compose, made by `mlnode-upgrade deploy secrets`. Never commit this file."]
+    lines += [f"{k}={v}" for k, v in values.items()]
+    include_path = deploy_dir / "nats" / PASSWORDS_INCLUDE
+    passwords = {password_variable(u): values[password_variable(u)].replace("$$", "$") for u in user_names()}
+    written = []
+    for path, text in (
+        (env_path, "\n".join(lines) + "\n"),
+        (include_path, render_password_include(passwords)),
+    ):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600, exist_ok=True)
+        path.chmod(0o600)
+        path.write_text(text)
+        written.append(path)
+    return written
 
 
 def write_all(deploy_dir: Path) -> list[Path]:

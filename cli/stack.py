@@ -8,7 +8,9 @@ written to `stack.json` in the run directory, so `mlnode-upgrade status` and tes
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -16,7 +18,7 @@ from pathlib import Path
 
 from cli.supervisor import ChildExit, ProcessSpec, Supervisor
 from shared.embedded_nats import find_nats_server, free_port
-from shared.nats_config import SERVICE_ACCESS, ClusterConfig, NatsUser, render_server_config
+from shared.nats_config import PROVISIONER_USER, ClusterConfig, NatsUser, render_server_config, user_names
 from shared.nginx_config import HEALTH_PATH, ProxyServer, VersionUpstream, render_nginx_conf
 from shared.nginx_process import find_nginx
 from shared.versions import parse_version
@@ -100,7 +102,7 @@ class LocalStack:
         directory = self.run_dir / "secrets"
         directory.mkdir(parents=True, exist_ok=True)
         directory.chmod(0o700)
-        for user in SERVICE_ACCESS:
+        for user in user_names():
             path = directory / f"{user}.password"
             if not path.exists():
                 path.write_text(secrets.token_urlsafe(24))
@@ -136,12 +138,12 @@ class LocalStack:
 
         # NATS with a user per service (one server, or a routed cluster).
         users = [
-            NatsUser(user, (secrets_dir / f"{user}.password").read_text().strip(), access)
-            for user, access in SERVICE_ACCESS.items()
+            NatsUser(user, (secrets_dir / f"{user}.password").read_text().strip()) for user in user_names()
         ]
         nats_urls, nats_monitors = self._start_nats(users)
         nats_url = ",".join(nats_urls)
         nats_monitor = nats_monitors[0]
+        self._provision(nats_url, secrets_dir)
         # The chain.
         rpc_port, grpc_port = free_port(), free_port()
         sup.start(
@@ -299,6 +301,27 @@ class LocalStack:
                 }
             )
         return nodes
+
+    def _provision(self, nats_url: str, secrets_dir: Path) -> None:
+        """Streams, buckets and consumers, with the provisioner's credentials, before any service."""
+        env = {
+            **os.environ,
+            **self._nats_env("PROVISION_", PROVISIONER_USER, nats_url, secrets_dir),
+            **dict(self.config.extra_env),  # the services' own names, as they will read them
+        }
+        log_path = self.run_dir / "logs" / "provision.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("ab") as out:
+            done = subprocess.run(
+                [sys.executable, "-m", "cli", "nats", "provision"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=120,
+                check=False,
+            )
+        if done.returncode != 0:
+            raise RuntimeError(f"provisioning failed (exit {done.returncode}); see {log_path}")
 
     def _start_nats(self, users: list[NatsUser]) -> tuple[list[str], list[str]]:
         count = self.config.nats_servers

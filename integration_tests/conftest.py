@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from integration_tests.backends import BACKEND, ContainerNats, docker_engine_problem
 from shared.bus import Bus
 from shared.embedded_nats import EmbeddedNats
+from shared.provisioning import provision
 from shared.settings import NatsSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -20,6 +22,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         item.add_marker(pytest.mark.integration)
 
 
+def provision_default(url: str) -> None:
+    """What `mlnode-upgrade nats provision` does before the services start (no auth on test servers)."""
+
+    async def run() -> None:
+        bus = await Bus.connect(NatsSettings(url=url, connect_timeout_s=1.0), "provisioner")
+        try:
+            await provision(bus)
+        finally:
+            await bus.close()
+
+    asyncio.run(run())
+
+
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
     """A nats-server of this test's own, from the backend MLNODE_TEST_BACKEND names."""
@@ -28,11 +43,13 @@ def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
         if problem:
             pytest.skip(f"MLNODE_TEST_BACKEND=testcontainers: {problem}")
         container = ContainerNats(tmp_path / "nats").start()
+        provision_default(container.url)
         yield container  # type: ignore[misc]
         container.stop()
         return
     server = EmbeddedNats(tmp_path / "nats")
     server.start()
+    provision_default(server.url)
     yield server
     server.stop()
 
@@ -45,6 +62,5 @@ def nats_settings(nats_server: EmbeddedNats) -> NatsSettings:
 @pytest.fixture
 async def bus(nats_settings: NatsSettings) -> AsyncIterator[Bus]:
     connected = await Bus.connect(nats_settings, "it")
-    await connected.ensure_streams()
     yield connected
     await connected.close()

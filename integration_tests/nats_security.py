@@ -1,4 +1,4 @@
-"""Per-service NATS users for tests: random passwords in files, never in the repository."""
+"""Per-service NATS users for tests: generated passwords in files, never in the repository."""
 
 from __future__ import annotations
 
@@ -6,10 +6,15 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.nats_config import SERVICE_ACCESS, NatsUser
+from shared.nats_config import NatsUser, user_names
 from shared.settings import NatsSettings
 
-__all__ = ["Credentials"]
+__all__ = ["Credentials", "awkward_password"]
+
+
+def awkward_password() -> str:
+    """A random password with what breaks naive config rendering: leading digit, `$`, quotes, `#`, spaces."""
+    return f"{secrets.randbelow(10)}{secrets.token_hex(6)}$X \"q\" 'a' #{secrets.token_urlsafe(8)} ${{Y}}"
 
 
 @dataclass(frozen=True)
@@ -20,7 +25,7 @@ class Credentials:
     @classmethod
     def generate(cls, directory: Path) -> Credentials:
         directory.mkdir(parents=True, exist_ok=True)
-        passwords = {name: secrets.token_urlsafe(24) for name in SERVICE_ACCESS}
+        passwords = {name: awkward_password() for name in user_names()}
         for name, password in passwords.items():
             path = directory / f"{name}.password"
             path.write_text(password)
@@ -29,7 +34,7 @@ class Credentials:
 
     @property
     def users(self) -> list[NatsUser]:
-        return [NatsUser(name, self.passwords[name], SERVICE_ACCESS[name]) for name in SERVICE_ACCESS]
+        return [NatsUser(name, password) for name, password in self.passwords.items()]
 
     def password_file(self, user: str) -> Path:
         return self.directory / f"{user}.password"

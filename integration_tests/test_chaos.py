@@ -8,7 +8,9 @@ Run alone with `pytest -m chaos`. Each scenario prints one line of the outcome t
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -90,6 +92,22 @@ async def test_sigkill_a_service(chaos: ChaosStack, service: str, phase: str) ->
     outcome = await chaos.verdict(f"SIGKILL {service} / {phase}", load)
     report(outcome)
     assert outcome.converged, outcome.details
+
+
+async def test_a_request_issued_just_before_a_broker_kill_counts_as_in_flight_on_it() -> None:
+    """The harness's own bookkeeping, without a stack: the load issues a request (creates its task)
+    and `broker_going_down` runs before that task's first step. The request still goes to the
+    broker being killed (under load, on a pooled keep-alive connection to the dying process: a
+    `ReadError`), so it is one of the requests in flight at the kill."""
+    with socket.socket() as bound:  # a port nobody listens on: the request breaks off at once
+        bound.bind(("127.0.0.1", 0))
+        load = Load(f"http://127.0.0.1:{bound.getsockname()[1]}")
+        load.start()
+        await asyncio.sleep(0)  # the load's loop runs once: issues request #0, which has not run yet
+        load.broker_going_down()
+        await load.stop()
+    assert load.allowed == {0}
+    assert [rid for rid, _ in load.failures] == [0] and load.unexpected_failures == []
 
 
 async def test_nats_server_restart_mid_upgrade(chaos: ChaosStack) -> None:

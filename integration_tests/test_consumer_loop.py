@@ -13,7 +13,7 @@ import pytest
 from integration_tests.conftest import REPO_ROOT
 from integration_tests.support import eventually
 from shared.bus import ERRORS_STREAM, Bus
-from shared.consumer import ConsumerSpec, Delivery, DurableConsumer
+from shared.consumer import ConsumerSpec, Delivery, DurableConsumer, ensure_consumer
 from shared.events import EVENT_TYPES, BlockCommitted, Event
 
 ALL_EVENT_SUBJECTS = tuple(cls.SUBJECT for cls in EVENT_TYPES)
@@ -41,9 +41,9 @@ class Recorder:
 @asynccontextmanager
 async def running(bus: Bus, stream: str, handler: Callable[[Event, Delivery], Awaitable[None]],
                   filters: tuple[str, ...]) -> AsyncIterator[DurableConsumer]:  # fmt: skip
-    consumer = DurableConsumer(
-        bus, ConsumerSpec(stream, f"test-{stream.lower()}", filters, ack_wait_s=2), handler
-    )
+    spec = ConsumerSpec(stream, f"test-{stream.lower()}", filters, ack_wait_s=2)
+    await ensure_consumer(bus, spec)  # provisioning's job; services only bind
+    consumer = DurableConsumer(bus, spec, handler)
     task = asyncio.create_task(consumer.run())
     try:
         yield consumer

@@ -15,7 +15,7 @@ import pytest
 from integration_tests.conftest import REPO_ROOT
 from integration_tests.support import eventually
 from shared.bus import CHAIN_STREAM, Bus
-from shared.consumer import ConsumerSpec, Delivery, DurableConsumer
+from shared.consumer import ConsumerSpec, Delivery, DurableConsumer, ensure_consumer
 from shared.embedded_nats import EmbeddedNats
 from shared.events import BlockCommitted, Event
 
@@ -143,6 +143,7 @@ async def test_consumer_loop_continues_across_server_restart(bus: Bus, nats_serv
         seen.append(event.height)
 
     spec = ConsumerSpec(CHAIN_STREAM.name, "survivor", ("chain.block",), ack_wait_s=2, fetch_timeout_s=0.5)
+    await ensure_consumer(bus, spec)
     task = asyncio.create_task(DurableConsumer(bus, spec, record).run())
     try:
         await publish_blocks(bus, range(1, 26))

@@ -11,15 +11,20 @@ import pytest
 import yaml
 from pydantic_settings import BaseSettings
 
-from cli.deploy_files import stale_files
+from cli.deploy_files import SECRET_VARIABLES, password_variable, stale_files, write_secrets
+from cli.provision import ProvisionSettings
 from integration_tests.conftest import REPO_ROOT
+from integration_tests.nats_security import awkward_password
 from mock_chain.settings import MockChainSettings
 from mock_mlnode.settings import MockMLNodeSettings
 from services.broker.settings import BrokerSettings
 from services.chain_watcher.settings import ChainWatcherSettings
 from services.version_registry.settings import RegistrySettings
-from shared.embedded_nats import find_nats_server
+from shared.bus import Bus
+from shared.embedded_nats import EmbeddedNats, find_nats_server
+from shared.nats_config import user_names
 from shared.nginx_process import find_nginx
+from shared.settings import NatsSettings
 
 DEPLOY = REPO_ROOT / "deploy"
 SETTINGS_OF_MODULE: dict[str, type[BaseSettings]] = {
@@ -28,6 +33,7 @@ SETTINGS_OF_MODULE: dict[str, type[BaseSettings]] = {
     "services.broker": BrokerSettings,
     "mock_mlnode": MockMLNodeSettings,
     "mock_chain": MockChainSettings,
+    "cli": ProvisionSettings,  # `cli nats provision`, the one-shot provisioning step
 }
 NOT_SETTINGS = {"HEALTHCHECK_URL"}  # read by the image's HEALTHCHECK, not by the service
 SECRETS = {
@@ -37,6 +43,7 @@ SECRETS = {
         "REGISTRY_NATS_PASSWORD",
         "BROKER_NATS_PASSWORD",
         "ADMIN_NATS_PASSWORD",
+        "PROVISIONER_NATS_PASSWORD",
         "REGISTRY_ADMIN_TOKEN",
         "BROKER_ADMIN_TOKEN",
     )
@@ -110,14 +117,48 @@ def test_nginx_accepts_the_deploy_configs(conf: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("conf", ["nats/nats-server.conf", "k8s/config/nats-server.conf"], ids=str)
-def test_nats_server_accepts_the_deploy_config(conf: str) -> None:
+def test_nats_server_accepts_the_deploy_config_with_any_password(conf: str, tmp_path: Path) -> None:
+    """`deploy secrets` output: generated passwords plus awkward ones an operator might choose."""
+    deploy = tmp_path / "deploy"
+    (deploy / "nats").mkdir(parents=True)
+    awkward = {name: awkward_password() for name in SECRET_VARIABLES if name.endswith("_NATS_PASSWORD")}
+    (deploy / ".env").write_text("".join(f"{k}={v.replace('$', '$$')}\n" for k, v in awkward.items()))
+    write_secrets(deploy)
+    assert (
+        "\n".join(f"{k}={v.replace('$', '$$')}" for k, v in awkward.items()) in (deploy / ".env").read_text()
+    )
+    (deploy / "nats" / "nats-server.conf").write_text((DEPLOY / conf).read_text())
     result = subprocess.run(
-        [find_nats_server(), "-t", "-c", str(DEPLOY / conf)],
+        [find_nats_server(), "-t", "-c", str(deploy / "nats" / "nats-server.conf")],
         capture_output=True,
         text=True,
-        env={**os.environ, **SECRETS},
+        env={k: v for k, v in os.environ.items() if k not in SECRETS},
     )
     assert result.returncode == 0, result.stderr + result.stdout
+
+
+async def test_every_deploy_user_logs_in_with_an_awkward_password(tmp_path: Path) -> None:
+    deploy = tmp_path / "deploy"
+    (deploy / "nats").mkdir(parents=True)
+    awkward = {name: awkward_password() for name in SECRET_VARIABLES if name.endswith("_NATS_PASSWORD")}
+    (deploy / ".env").write_text("".join(f"{k}={v.replace('$', '$$')}\n" for k, v in awkward.items()))
+    write_secrets(deploy)
+    conf = (DEPLOY / "nats" / "nats-server.conf").read_text()
+    server = EmbeddedNats(
+        deploy / "nats",
+        config=lambda s: (
+            conf.replace('"0.0.0.0:4222"', f'"127.0.0.1:{s.port}"')
+            .replace('"0.0.0.0:8222"', f'"127.0.0.1:{s.monitor_port}"')
+            .replace('"/data/jetstream"', f'"{s.data_dir / "js"}"')
+        ),
+    )
+    with server:
+        for user in user_names():
+            password = awkward[password_variable(user)]
+            bus = await Bus.connect(
+                NatsSettings(url=server.url, user=user, password=password, connect_timeout_s=1.0), user
+            )
+            await bus.close()
 
 
 def _substitute(value: Any) -> str:

@@ -10,7 +10,7 @@ import pytest
 
 from integration_tests.support import eventually
 from shared.bus import CHAIN_STREAM, Bus
-from shared.consumer import ConsumerSpec, Delivery, DurableConsumer
+from shared.consumer import ConsumerSpec, Delivery, DurableConsumer, ensure_consumer
 from shared.embedded_nats import EmbeddedNatsCluster
 from shared.events import BlockCommitted, Event
 from shared.settings import NatsSettings
@@ -40,6 +40,7 @@ async def test_replicated_streams_survive_a_killed_server(cluster: EmbeddedNatsC
         spec = ConsumerSpec(
             CHAIN_STREAM.name, "survivor", ("chain.block",), ack_wait_s=2, fetch_timeout_s=0.5
         )
+        await ensure_consumer(bus, spec)
         task = asyncio.create_task(DurableConsumer(bus, spec, record).run())
         try:
             for h in range(1, 51):

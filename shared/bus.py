@@ -1,7 +1,8 @@
 """The NATS/JetStream edge: connection, stream and bucket topology, deduplicated publishing.
 
-Streams and buckets are declared here once and created-or-updated idempotently by every service
-at start-up, so there is no separate provisioning step and no drift between services.
+Streams and buckets are declared here once. They are created or updated only by the provisioning
+step (`shared/provisioning.py`, with its own credentials); services bind to them (`bind_bucket`)
+and wait, saying what is missing, until they exist.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from shared.settings import NatsSettings
 
 log = get_logger(__name__)
 
+PROVISION_COMMAND = "mlnode-upgrade nats provision"
 STREAM_NAME_IN_USE = 10058  # JetStream API error: stream exists with another configuration
 
 
@@ -275,6 +277,31 @@ class Bus:
         except _BucketExists:
             pass
         return await self._update_bucket(spec)
+
+    async def bind_bucket(self, name: str, *, retry_for_s: float | None = None) -> KeyValue:
+        """The provisioned KV bucket `name`; until it exists, log that it is missing and retry."""
+        deadline = None if retry_for_s is None else time.monotonic() + retry_for_s
+        delay = 0.2
+        while True:
+            try:
+                return await self.js.key_value(name)
+            except (nats.js.errors.BucketNotFoundError, nats.js.errors.NotFoundError) as exc:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise BusError(
+                        f"KV bucket {name} does not exist: run `mlnode-upgrade nats provision`"
+                    ) from exc
+                log.error(
+                    f"KV bucket not provisioned: run `{PROVISION_COMMAND}`; waiting",
+                    extra={"bucket": name, "service": self.service},
+                )
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise BusError(f"KV bucket {name} cannot be read: {exc!r}") from exc
+                log.warning(
+                    "KV bucket not reachable yet; waiting", extra={"bucket": name, "error": repr(exc)}
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     async def _create_bucket(self, spec: BucketSpec) -> KeyValue:
         try:

@@ -83,20 +83,12 @@ class DurableConsumer:
     async def _on_reconnect(self) -> None:
         self._rebind.set()
 
-    async def ensure(self) -> js_api.ConsumerInfo:
-        """Create the consumer, or update it to this spec; its position is kept either way."""
-        try:
-            return await self.bus.js.add_consumer(self.spec.stream, self.spec.config())
-        except nats.js.errors.APIError as exc:
-            raise BusError(
-                f"cannot create consumer {self.spec.durable} on {self.spec.stream}: {exc}"
-            ) from exc
-
     async def run(self) -> None:
+        """Bind to the provisioned consumer and pump it; a missing consumer is waited for, loudly."""
         delay = 0.1
         while True:
             try:
-                await self.ensure()
+                await self._check_provisioned()
                 sub = await self.bus.js.pull_subscribe_bind(
                     durable=self.spec.durable, stream=self.spec.stream
                 )
@@ -116,6 +108,16 @@ class DurableConsumer:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    async def _check_provisioned(self) -> None:
+        try:
+            await self.bus.js.consumer_info(self.spec.stream, self.spec.durable)
+        except nats.js.errors.NotFoundError:
+            log.error(
+                "consumer not provisioned: run `mlnode-upgrade nats provision`",
+                extra={"durable": self.spec.durable, "stream": self.spec.stream},
+            )
+            raise
 
     async def _pump(self, sub: nats.js.JetStreamContext.PullSubscription) -> None:
         idle_since = time.monotonic()
@@ -197,6 +199,17 @@ class DurableConsumer:
             await msg.nak(delay=self._retry_delay(delivery.num_delivered))
             return
         await msg.ack()
+
+
+async def ensure_consumer(bus: Bus, spec: ConsumerSpec) -> js_api.ConsumerInfo:
+    """Create the durable consumer, or update it to `spec`; its position is kept either way.
+
+    Provisioning only: services have no right to create or change consumers.
+    """
+    try:
+        return await bus.js.add_consumer(spec.stream, spec.config())
+    except nats.js.errors.APIError as exc:
+        raise BusError(f"cannot create consumer {spec.durable} on {spec.stream}: {exc}") from exc
 
 
 async def _quietly_unsubscribe(sub: nats.js.JetStreamContext.PullSubscription) -> None:

@@ -116,7 +116,8 @@ class ChainVersionObserved(Event):
     EXAMPLES = (
         '{"current_version": "v3.0.8"}',
         '{"current_version": "v3.0.8", "height": 11990}',
-        '{"current_version": "v3.0.8", "height": 11990, "plans": [{"height": 12000, "node_version": "v3.0.9"}]}',
+        '{"current_version": "v3.0.8", "height": 11990,'
+        ' "plans": [{"height": 12000, "node_version": "v3.0.9"}]}',
     )
 
     current_version: MLNodeVersion

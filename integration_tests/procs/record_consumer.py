@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from shared.bus import Bus
-from shared.consumer import ConsumerSpec, Delivery, DurableConsumer
+from shared.consumer import ConsumerSpec, Delivery, DurableConsumer, ensure_consumer
 from shared.events import BlockCommitted, Event
 from shared.settings import NatsSettings
 
@@ -23,6 +23,7 @@ SPEC = ConsumerSpec("CHAIN", "recorder", ("chain.block",), ack_wait_s=1.0, batch
 async def main(url: str, out: Path, hold_at: int | None) -> None:
     bus = await Bus.connect(NatsSettings(url=url), "recorder")
     await bus.ensure_streams()
+    await ensure_consumer(bus, SPEC)  # this test process is its own provisioner
 
     async def record(event: Event, delivery: Delivery) -> None:
         assert isinstance(event, BlockCommitted)

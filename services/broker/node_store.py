@@ -17,12 +17,12 @@ from pydantic import BaseModel
 
 from services.broker.models import NodeSet, PendingStops
 from services.broker.transition import TransitionRecord
-from shared.bus import BucketSpec
 from shared.kv_store import StaleRevisionError, VersionedStore
+from shared.provisioning import broker_bucket
 
 __all__ = ["BROKER_BUCKET", "BrokerStore", "Doc", "KvDoc", "MemoryDoc", "kv_store", "memory_store"]
 
-BROKER_BUCKET = BucketSpec("broker", "Broker state: nodes, pending stops, transition progress", history=8)
+BROKER_BUCKET = broker_bucket()
 
 NODES_KEY = "nodes"
 PENDING_KEY = "pending_stops"

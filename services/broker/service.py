@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 from collections.abc import Awaitable, Callable
 
 import uvicorn
@@ -21,17 +20,18 @@ from services.broker.http_app import create_app
 from services.broker.metrics import BrokerMetrics
 from services.broker.mlnode_client import ClientBook, HttpGateway
 from services.broker.models import NodeConfig, load_node_file
-from services.broker.node_store import BROKER_BUCKET, kv_store
+from services.broker.node_store import kv_store
 from services.broker.pool import NodePool
 from services.broker.registry_client import NatsRegistryReader
 from services.broker.settings import BrokerSettings
-from shared.bus import VERSION_STREAM, Bus
-from shared.consumer import ConsumerSpec, Delivery, DurableConsumer
+from shared.bus import Bus
+from shared.consumer import Delivery, DurableConsumer
 from shared.events import Event, VersionChanged
 from shared.kv_store import VersionedStore
 from shared.logging import get_logger
 from shared.metrics import ServiceMetrics
 from shared.ops_app import ReadinessCheck
+from shared.provisioning import broker_consumer
 
 __all__ = ["BrokerService", "BusPublisher"]
 
@@ -94,8 +94,7 @@ class BrokerService:
         s = self.settings
         seed = self.seed_nodes()  # a bad file is an error at start-up, not later
         self._bus = await Bus.connect(s.nats, s.service_name, self.metrics, give_up_after_s=None)
-        await self.bus.ensure_streams()
-        kv = await self.bus.ensure_bucket(dataclasses.replace(BROKER_BUCKET, name=s.bucket))
+        kv = await self.bus.bind_bucket(s.bucket)  # provisioned: `mlnode-upgrade nats provision`
         self._coordinator = Coordinator(
             kv_store(VersionedStore(kv)),
             HttpGateway(self.book, s.dtype),
@@ -108,7 +107,7 @@ class BrokerService:
         await self.coordinator.start(seed)
         consumer = DurableConsumer(
             self.bus,
-            ConsumerSpec(VERSION_STREAM.name, s.durable, (VersionChanged.SUBJECT,), ack_wait_s=s.ack_wait_s),
+            broker_consumer(s.durable, s.ack_wait_s),
             self._on_event,
         )
         self._tasks = [
@@ -186,6 +185,7 @@ class BrokerService:
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=5,
+            timeout_keep_alive=max(1, round(self.settings.http_keep_alive_s)),
         )
         try:
             await uvicorn.Server(config).serve()

@@ -78,6 +78,9 @@ class BrokerSettings(ServiceSettings, AdminTokenSettings):
     pending_stop_interval_s: Seconds = 10.0
     readiness_interval_s: Seconds = 10.0
     registry_timeout_s: Seconds = 2.0
+    # Idle keep-alive connections are kept longer than clients keep theirs (Go's default is 90 s;
+    # httpx's 5 s equals uvicorn's default), so a client never sends on a connection we close.
+    http_keep_alive_s: Seconds = 120.0
     dtype: str = "float16"
     handoff: HandoffSettings = HandoffSettings()
     heal_health_timeout_s: Seconds = 30.0
