@@ -328,20 +328,25 @@ async def test_no_credentials_no_connection(secured_nats: EmbeddedNats, creds: C
         await Bus.connect(wrong, "impostor", give_up_after_s=1)
 
 
-async def test_registry_does_its_job_with_only_its_own_rights(
-    secured_nats: EmbeddedNats, creds: Credentials, admin: Bus, tmp_path: Path
-) -> None:
-    """The permissions are not so tight that the service cannot work."""
+def registry_process(server: EmbeddedNats, creds: Credentials, tmp_path: Path) -> ServiceProcess:
+    """The real registry with its own credentials (not started)."""
     port = free_port()
     env = {
-        "VERSION_REGISTRY_NATS__URL": secured_nats.url,
+        "VERSION_REGISTRY_NATS__URL": server.url,
         **creds.env("VERSION_REGISTRY_", "registry"),
         "VERSION_REGISTRY_HTTP_PORT": str(port),
         "VERSION_REGISTRY_GRPC_PORT": str(free_port()),
     }
-    proc = ServiceProcess(
+    return ServiceProcess(
         "services.version_registry", env, f"http://127.0.0.1:{port}/healthz", tmp_path / "reg.log"
     )
+
+
+async def test_registry_does_its_job_with_only_its_own_rights(
+    secured_nats: EmbeddedNats, creds: Credentials, admin: Bus, tmp_path: Path
+) -> None:
+    """The permissions are not so tight that the service cannot work."""
+    proc = registry_process(secured_nats, creds, tmp_path)
     proc.start()
     errors: list[Exception] = []
     watcher = await connect_as(secured_nats, creds, "chain-watcher", errors)
@@ -373,16 +378,7 @@ async def test_a_service_waits_for_provisioning_and_says_so(
     secured_nats: EmbeddedNats, creds: Credentials, tmp_path: Path
 ) -> None:
     """Before provisioning the registry waits and logs the command to run; after it, it works."""
-    port = free_port()
-    env = {
-        "VERSION_REGISTRY_NATS__URL": secured_nats.url,
-        **creds.env("VERSION_REGISTRY_", "registry"),
-        "VERSION_REGISTRY_HTTP_PORT": str(port),
-        "VERSION_REGISTRY_GRPC_PORT": str(free_port()),
-    }
-    proc = ServiceProcess(
-        "services.version_registry", env, f"http://127.0.0.1:{port}/healthz", tmp_path / "reg.log"
-    )
+    proc = registry_process(secured_nats, creds, tmp_path)
     started = asyncio.create_task(asyncio.to_thread(proc.start, 60.0))
     try:
         await eventually(
