@@ -253,27 +253,31 @@ class Bus:
 
     async def ensure_streams(self, specs: tuple[StreamSpec, ...] = ALL_STREAMS) -> None:
         for spec in specs:
-            await self._while_cluster_forms(lambda spec=spec: self.ensure_stream(spec))  # type: ignore[misc]
+            await self.while_cluster_forms(lambda spec=spec: self.ensure_stream(spec))  # type: ignore[misc]
 
-    async def _while_cluster_forms(self, op: Callable[[], Awaitable[T]], wait_s: float = 30.0) -> T:
-        """Retry `op` while a forming or recovering cluster cannot place replicas yet."""
+    async def while_cluster_forms(self, op: Callable[[], Awaitable[T]], wait_s: float = 60.0) -> T:
+        """Retry `op` while a forming or recovering cluster cannot place replicas or answer yet.
+
+        For idempotent topology operations only (a create that timed out but happened is found
+        on the retry and updated instead).
+        """
         deadline = time.monotonic() + wait_s
         delay = 0.2
         while True:
             try:
                 return await op()
-            except BusError as exc:
-                transient = any(text in str(exc) for text in _PLACEMENT_NOT_YET)
+            except (BusError, *_TRANSIENT_PUBLISH_ERRORS) as exc:
+                transient = not isinstance(exc, BusError) or any(t in str(exc) for t in _PLACEMENT_NOT_YET)
                 if not transient or time.monotonic() >= deadline:
                     raise
-                log.warning("cluster not ready for placement, retrying", extra={"error": str(exc)})
+                log.warning("cluster not ready, retrying", extra={"error": repr(exc)})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
     async def ensure_bucket(self, spec: BucketSpec) -> KeyValue:
         """Create the KV bucket, or bring its stream to this history and replica count."""
         try:
-            return await self._while_cluster_forms(lambda: self._create_bucket(spec))
+            return await self.while_cluster_forms(lambda: self._create_bucket(spec))
         except _BucketExists:
             pass
         return await self._update_bucket(spec)

@@ -117,11 +117,11 @@ async def provision(bus: Bus, topology: Topology | None = None) -> Provisioned:
     await bus.ensure_streams(topology.streams)
     done.streams = [s.name for s in topology.streams]
     for bucket in topology.buckets():
-        await bus.ensure_bucket(bucket)
+        await bus.while_cluster_forms(lambda b=bucket: bus.ensure_bucket(b))  # type: ignore[misc]
         done.buckets.append(bucket.name)
     for spec in topology.consumers():
         try:
-            await ensure_consumer(bus, spec)
+            await bus.while_cluster_forms(lambda s=spec: ensure_consumer(bus, s))  # type: ignore[misc]
         except BusError:
             log.error("provisioning failed", extra={"consumer": spec.durable, "stream": spec.stream})
             raise
