@@ -299,3 +299,30 @@ async def test_blocks_the_node_has_pruned_are_published_by_height_only(
     assert all(set(b) == {"height"} for b in blocks[1:21])  # 2..21: pruned, the height only
     for block in blocks[21:]:
         assert block["hash"] == await control.block_hash(block["height"])
+
+
+async def test_a_chain_with_no_block_yet_gets_its_version_announced_without_a_height(
+    bus: Bus,
+    nats_server: EmbeddedNats,
+    tmp_path: Path,
+    started: list[ChainProcess | WatcherProcess],
+) -> None:
+    """So the registry can sync before the first block (a fresh local chain), as before."""
+    chain, control = await _chain(tmp_path, started)
+    assert await control.height() == 0
+    await _watcher(chain, nats_server, bus, tmp_path, started)
+    reader = StreamReader(bus)
+
+    async def announced() -> bool:
+        await reader.refresh()
+        return bool(reader.of("chain.version"))
+
+    await eventually(announced, timeout=30, message="the start-up snapshot")
+    assert reader.of("chain.version") == [{"current_version": "v3.0.8", "plans": []}]
+    await control.advance(1)
+
+    async def first_block() -> bool:
+        await reader.refresh()
+        return reader.block_heights() == [1]
+
+    await eventually(first_block, timeout=30, message="block 1 after it")

@@ -424,12 +424,13 @@ def decide(
                 refused_version = (version, "the chain has no MLNodeVersion" if not version else str(exc))
             chain_version = version
         else:
-            if last is not None and observed_at == last:
+            # At the cursor; or, on a chain with no block yet, without a height (there is none).
+            if (last is not None and observed_at == last) or (last is None and observed_at == 0):
                 if changed or announce_version:
                     observed = ChainVersionObserved(
                         current_version=parsed,
                         height=last,
-                        plans=snapshot_plans(plans, last) if plans is not None else None,
+                        plans=snapshot_plans(plans, last or 0) if plans is not None else None,
                     )
                     outgoing.append(Outgoing(observed, observed.msg_id()))
                 chain_version = version

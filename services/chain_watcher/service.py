@@ -379,7 +379,13 @@ class ChainWatcher:
         if self._next() is not None:
             return True
         # A snapshot without a new block is taken at the cursor, so there must be one.
-        return self.state.last_height is not None and self._snapshot_due()
+        return (self.state.last_height is not None and self._snapshot_due()) or self._genesis_snapshot_due(
+            self._snapshot_due()
+        )
+
+    def _genesis_snapshot_due(self, due: bool) -> bool:
+        """The start-up snapshot of a chain that has no block yet (only once, before any block)."""
+        return due and self.state.last_height is None and self._served == 0 and self._snapshot_due_at == 0.0
 
     async def _idle(self) -> None:
         """Wait for a new height, or until the next snapshot is due."""
@@ -463,6 +469,8 @@ class ChainWatcher:
             at = nxt.height
         elif self.state.last_height is not None and snapshot:
             blocks, at = [], self.state.last_height
+        elif self._genesis_snapshot_due(snapshot):
+            blocks, at = [], 0  # a chain with no block yet: its version, with no height
         else:
             return
         plans, version = await self._read_chain_state(at)
