@@ -326,3 +326,35 @@ async def test_a_chain_with_no_block_yet_gets_its_version_announced_without_a_he
         return reader.block_heights() == [1]
 
     await eventually(first_block, timeout=30, message="block 1 after it")
+
+
+async def test_a_reset_chain_is_recognised_and_the_cursor_starts_over(
+    bus: Bus,
+    nats_server: EmbeddedNats,
+    tmp_path: Path,
+    started: list[ChainProcess | WatcherProcess],
+    http: httpx.AsyncClient,
+) -> None:
+    """`docker compose down` and `up` without -v: a fresh chain, the old cursor (at 30) kept."""
+    old_chain, old_control = await _chain(tmp_path, started)
+    await old_control.advance(1)
+    first = await _watcher(old_chain, nats_server, bus, tmp_path, started)
+    await eventually(lambda: _at(http, first, cursor=1), timeout=30, message="the first run at 1")
+    await old_control.advance(29)
+    await eventually(lambda: _at(http, first, cursor=30), timeout=30, message="the first run at 30")
+    first.stop()
+    old_chain.stop()
+
+    chain, control = await _chain(tmp_path, started)
+    await control.advance(3)
+    second = await _watcher(chain, nats_server, bus, tmp_path, started)
+    await eventually(lambda: _at(http, second, cursor=3), timeout=30, message="started over at 3")
+    await control.propose((12, "v3.0.9"))
+    await control.advance(4)  # the vote ends; the plan is stored
+    await eventually(lambda: _at(http, second, cursor=7), timeout=30, message="following the new chain")
+    reader = StreamReader(bus)
+    await reader.refresh()
+    assert [p["height"] for p in reader.of("chain.upgrade.scheduled")] == [12]
+    block_3 = [b for b in reader.of("chain.block") if b["height"] == 3]
+    assert block_3[-1]["hash"] == await control.block_hash(3)  # the new chain's block, not the old one's
+    assert "another chain than the cursor's" in second.log()

@@ -94,7 +94,7 @@ async def test_every_block_reaches_the_stream_in_order(
         await eventually(lambda: has_blocks_up_to(reader, 62), message="block 62 on the stream")
     await assert_blocks_match_the_chain(reader, control, 2, 62)
     ids = [m.msg_id for m in reader.messages if m.subject == "chain.block"]
-    assert ids == [f"block-{h}" for h in range(2, 63)]
+    assert ids == [f"block-{h}-{(await control.block_hash(h))[:16]}" for h in range(2, 63)]
 
 
 async def test_two_pending_plans_each_published_once_and_versions_at_their_heights(

@@ -246,7 +246,9 @@ class Chain:
         app_hash = self._states[self.height].app_hash()
         block = Block(
             height=height,
-            hash=_sha256_hex(self.chain_id, str(height), last_hash, app_hash),
+            hash=_sha256_hex(
+                self.chain_id, str(height), time.isoformat(), last_hash, app_hash
+            ),  # as a header
             time=time,
             last_block_hash=last_hash,
             app_hash=app_hash,

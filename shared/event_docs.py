@@ -37,7 +37,7 @@ Versions are an optional `v` and a semantic version (`v3.0.8`, `v3.1.0-rc1`, `3.
 """
 
 _MSG_ID_SHAPES = {
-    "chain.block": "`block-{height}`",
+    "chain.block": "`block-{height}-{first 16 hex of hash}`, or `block-{height}` without a hash",
     "chain.upgrade.scheduled": "`plan-{height}-{node_version}`",
     "chain.version": "`chain-version-{height}-{current_version}`",
     "version.changed": "`changed-{transition_id}`",

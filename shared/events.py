@@ -65,7 +65,9 @@ class BlockCommitted(Event):
     time: datetime | None = None
 
     def msg_id(self) -> str:
-        return f"block-{self.height}"
+        # With the block's hash when known: a reset chain's block at a height already published
+        # (within the duplicate window) is a different block and must not be dropped as a duplicate.
+        return f"block-{self.height}-{self.hash[:16].upper()}" if self.hash else f"block-{self.height}"
 
 
 class UpgradeScheduled(Event):

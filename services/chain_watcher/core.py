@@ -113,12 +113,16 @@ class WatcherState:
     last_height: int | None = None
     chain_version: str | None = None  # as last observed, valid or not
     plans: Mapping[int, KnownPlan] = field(default_factory=dict)
+    # The first block published with its hash: which chain the cursor belongs to. A chain that
+    # serves a different block at that height is another chain (a reset local chain), not a lag.
+    anchor: tuple[int, str] | None = None
 
     def to_json(self) -> bytes:
         doc = {
             "format": STATE_FORMAT,
             "last_height": self.last_height,
             "chain_version": self.chain_version,
+            "anchor": list(self.anchor) if self.anchor else None,
             "plans": {
                 str(h): {
                     "node_version": p.node_version,
@@ -139,6 +143,8 @@ class WatcherState:
                 raise CorruptState(f"unknown state format {doc.get('format')!r}")
             last = doc["last_height"]
             version = doc["chain_version"]
+            anchor_doc = doc.get("anchor")  # absent in cursors written before it existed
+            anchor = (int(anchor_doc[0]), str(anchor_doc[1])) if anchor_doc else None
             plans = {
                 int(h): KnownPlan(
                     node_version=str(p["node_version"]),
@@ -156,7 +162,7 @@ class WatcherState:
             raise CorruptState(f"invalid last_height {last!r}")
         if version is not None and not isinstance(version, str):
             raise CorruptState(f"invalid chain_version {version!r}")
-        return cls(last_height=last, chain_version=version, plans=plans)
+        return cls(last_height=last, chain_version=version, plans=plans, anchor=anchor)
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,6 +387,13 @@ def snapshot_plans(plans: Sequence[ObservedPlan], above: int) -> tuple[ChainPlan
     return tuple(listed)
 
 
+def is_another_chain(anchor: tuple[int, str] | None, served_block: ObservedBlock | None) -> bool:
+    """The node serves a different block at the anchor's height: the cursor is from another chain."""
+    if anchor is None or served_block is None or served_block.hash is None:
+        return False
+    return served_block.height == anchor[0] and served_block.hash.upper() != anchor[1].upper()
+
+
 def decide(
     state: WatcherState,
     blocks: Sequence[ObservedBlock],
@@ -435,7 +448,10 @@ def decide(
                     outgoing.append(Outgoing(observed, observed.msg_id()))
                 chain_version = version
 
-    new_state = WatcherState(last_height=last, chain_version=chain_version, plans=dict(known))
+    anchor = state.anchor
+    if anchor is None:
+        anchor = next(((b.height, b.hash) for b in sorted(blocks, key=lambda b: b.height) if b.hash), None)
+    new_state = WatcherState(last_height=last, chain_version=chain_version, plans=dict(known), anchor=anchor)
     return Step(
         publishes=tuple(outgoing),
         state=new_state,

@@ -55,6 +55,7 @@ from services.chain_watcher.core import (
     decide,
     describe_plan,
     frame_disagrees,
+    is_another_chain,
     is_future_state_error,
     lag_blocks,
     plan_next,
@@ -130,6 +131,11 @@ class WatcherMetrics:
             "Websocket frames whose hash differs from the block the query node serves",
             registry=r,
         )
+        self.chain_replaced = Counter(
+            f"{PREFIX}_chain_replaced_total",
+            "Times the node served another chain than the cursor's (a reset chain); the cursor started over",
+            registry=r,
+        )
         self.blocks_skipped = Counter(
             f"{PREFIX}_chain_blocks_skipped_total",
             "Blocks beyond max_backfill_blocks, never published",
@@ -198,6 +204,7 @@ class ChainWatcher:
         self._earliest: int | None = None  # the query node's earliest retained block
         self._frames: dict[int, list[ObservedBlock]] = {}  # frames above the cursor, for comparison
         self._snapshot_due_at = 0.0  # loop time of the next version snapshot (0: at start-up)
+        self._anchor_checked_at: int | None = None  # served height the cursor's chain was last checked at
         self._waiting_for: int | None = None  # the height last refused as not served yet
         self._wake = asyncio.Event()
         self._kick = asyncio.Event()
@@ -452,6 +459,9 @@ class ChainWatcher:
 
     async def _step(self) -> None:
         """Publish the next height served (with the snapshot when due), or only the snapshot."""
+        if await self._cursor_is_from_another_chain():
+            await self._start_over()
+            return
         nxt = self._next()
         snapshot = self._snapshot_due()
         if nxt is not None and nxt.skipped:
@@ -488,6 +498,36 @@ class ChainWatcher:
         self._waiting_for = None
         for h in [h for h in self._frames if h <= (self.state.last_height or 0)]:
             del self._frames[h]
+
+    async def _cursor_is_from_another_chain(self) -> bool:
+        """With the node below the cursor: lagging (wait) or another chain (start over)?
+
+        Asked once per served height: the node's block at the anchor's height decides. A node
+        that does not serve that height (pruned, or not there yet) leaves the answer to later.
+        """
+        anchor, last, served = self.state.anchor, self.state.last_height, self._served
+        if anchor is None or last is None or served is None or served >= last or served < anchor[0]:
+            return False
+        if self._anchor_checked_at == served:
+            return False
+        self._anchor_checked_at = served
+        try:
+            block = await self.rpc.block(anchor[0])
+        except ChainError:
+            return False
+        return is_another_chain(anchor, block)
+
+    async def _start_over(self) -> None:
+        """The cursor belongs to another chain: forget it and start at this chain's height."""
+        self.m.chain_replaced.inc()
+        log.error(
+            "the node serves another chain than the cursor's: starting over at its current height",
+            extra={"cursor": self.state.last_height, "anchor": self.state.anchor, "height": self._served},
+        )
+        await self._save(WatcherState())
+        self._snapshot_due_at = 0.0  # announce the new chain's version at once
+        self._anchor_checked_at = None
+        self._frames.clear()
 
     async def _block(self, height: int) -> ObservedBlock:
         """Block `height` as the query node serves it; `HeightNotServed` when it has not got it yet."""

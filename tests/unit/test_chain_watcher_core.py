@@ -60,7 +60,7 @@ def test_decide_publishes_blocks_in_order_and_advances_the_cursor() -> None:
     blocks = [ObservedBlock(6, HASH), ObservedBlock(5), ObservedBlock(4), ObservedBlock(7)]
     step = decide(state, blocks, None, None, observed_at=7)
     assert [b.height for b in step.blocks] == [5, 6, 7]
-    assert [o.msg_id for o in step.publishes] == ["block-5", "block-6", "block-7"]
+    assert [o.msg_id for o in step.publishes] == ["block-5", f"block-6-{HASH[:16].upper()}", "block-7"]
     assert step.blocks[1].hash == HASH
     assert step.state.last_height == 7
 

@@ -104,6 +104,7 @@ def test_invalid_payloads_are_refused_with_a_reason(
 
 def test_dedup_ids_follow_the_content() -> None:
     assert BlockCommitted(height=120).msg_id() == "block-120"
+    assert BlockCommitted(height=120, hash="ab" * 32).msg_id() == "block-120-ABABABABABABABAB"
     assert UpgradeScheduled(height=12000, node_version=V308).msg_id() == "plan-12000-v3.0.8"
     assert ChainVersionObserved(current_version=V308, height=7).msg_id() == "chain-version-7-v3.0.8"
     changed = VersionChanged(transition_id="12000-v3.0.8", current=V308, height=12000)
