@@ -54,3 +54,13 @@ bench-quick: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info
+
+# The compose stack on a local Docker engine of its own (dockerd from apt, images built without a
+# registry), one upgrade under load through it; see scripts/docker/ and the operator guide.
+.PHONY: docker-smoke docker-test
+docker-smoke: $(STAMP)
+	./scripts/docker/run-smoke.sh
+
+# The compose smoke, then every integration suite with NATS in containers (CI runs this).
+docker-test: setup
+	WITH_SUITES=1 PYTEST_ARGS="$(PYTEST_ARGS)" ./scripts/docker/run-smoke.sh

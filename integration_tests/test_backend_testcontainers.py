@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from integration_tests.backends import ContainerNats, docker_engine_problem
+from integration_tests.backends import ContainerNats, require_engine
 from shared.bus import CHAIN_STREAM, Bus
 from shared.events import BlockCommitted
 from shared.settings import NatsSettings
@@ -15,9 +15,7 @@ from shared.settings import NatsSettings
 
 @pytest.fixture
 def container_nats(tmp_path: Path) -> Iterator[ContainerNats]:
-    problem = docker_engine_problem()
-    if problem:
-        pytest.skip(f"testcontainers backend: {problem}")
+    require_engine("testcontainers backend")
     nats = ContainerNats(tmp_path / "nats").start()
     yield nats
     nats.stop()

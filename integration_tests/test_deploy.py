@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -224,10 +225,26 @@ def test_every_kubernetes_environment_variable_is_a_real_setting() -> None:
     }
 
 
+def _default(image: str) -> str:
+    """`${NAME:-default}` → default: what compose runs when the environment does not override it."""
+    match = re.fullmatch(r"\$\{[A-Z_]+:-([^}]+)\}", image)
+    return match.group(1) if match else image
+
+
 def test_compose_builds_from_the_one_dockerfile_and_pins_images() -> None:
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
-    images = {s.get("image", "") for s in compose["services"].values()}
+    services = compose["services"]
+    images = {_default(s.get("image", "")) for s in services.values()}
     assert all(":" in image and not image.endswith(":latest") for image in images), images
-    assert "nginx:1.28.0-alpine" in images
+    assert {"nginx:1.28.0-alpine", "nats:2.15.1-alpine", "mlnode-upgrade:0.1.0"} <= images
+    # The project image is built once: one service builds it, every other one only runs it.
+    builders = [name for name, s in services.items() if "build" in s]
+    assert len(builders) == 1, builders
+    build = services[builders[0]]["build"]
+    assert services[builders[0]]["image"] == "mlnode-upgrade:0.1.0"
+    assert build["dockerfile"] == "deploy/Dockerfile"
+    assert _default(build["args"]["PYTHON_IMAGE"]) == "python:3.11.14-slim-bookworm"
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     assert "USER 10001" in dockerfile and "HEALTHCHECK" in dockerfile
+    assert "ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm" in dockerfile
+    assert "FROM ${PYTHON_IMAGE}" in dockerfile
