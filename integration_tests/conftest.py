@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+if TYPE_CHECKING:
+    from integration_tests.chain_support import ChainControl
+    from mock_chain.server import MockChainServer
+
+from cli.provision import run_provision
 from integration_tests.backends import BACKEND, ContainerNats, docker_engine_problem, require_engine
 from shared.bus import Bus
 from shared.embedded_nats import EmbeddedNats
-from shared.provisioning import provision
+from shared.provisioning import Topology
 from shared.settings import NatsSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -31,15 +36,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def provision_default(url: str) -> None:
     """What `mlnode-upgrade nats provision` does before the services start (no auth on test servers)."""
-
-    async def run() -> None:
-        bus = await Bus.connect(NatsSettings(url=url, connect_timeout_s=1.0), "provisioner")
-        try:
-            await provision(bus)
-        finally:
-            await bus.close()
-
-    asyncio.run(run())
+    run_provision(NatsSettings(url=url, connect_timeout_s=1.0), Topology(), connect_timeout_s=10.0)
 
 
 @pytest.fixture
@@ -57,6 +54,24 @@ def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
     provision_default(server.url)
     yield server
     server.stop()
+
+
+@pytest.fixture
+async def chain() -> AsyncIterator[MockChainServer]:
+    """A mock chain in this process, blocks on demand; a module overrides it for other parameters."""
+    from integration_tests.chain_support import running_chain  # it imports this module
+
+    async with running_chain(voting_period_blocks=3) as server:
+        yield server
+
+
+@pytest.fixture
+async def control(chain: MockChainServer) -> AsyncIterator[ChainControl]:
+    from integration_tests.chain_support import ChainControl
+
+    ctl = ChainControl(chain)
+    yield ctl
+    await ctl.aclose()
 
 
 @pytest.fixture

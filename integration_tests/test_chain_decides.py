@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from integration_tests.chain_support import ChainControl, running_chain, running_watcher, watcher_settings
+from integration_tests.chain_support import ChainControl, running_watcher, watcher_settings
 from integration_tests.support import eventually
 from integration_tests.test_registry import Registries, _s, get_state, publish_raw, version_changed_messages
 from mock_chain.server import MockChainServer
@@ -25,19 +25,6 @@ from shared.registry_api import RegistryState
 from shared.settings import NatsSettings
 
 SNAPSHOT_INTERVAL_S = 1.0
-
-
-@pytest.fixture
-async def chain() -> AsyncIterator[MockChainServer]:
-    async with running_chain(voting_period_blocks=3) as server:
-        yield server
-
-
-@pytest.fixture
-async def control(chain: MockChainServer) -> AsyncIterator[ChainControl]:
-    ctl = ChainControl(chain)
-    yield ctl
-    await ctl.aclose()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import asyncio
 import copy
 import json
 import sys
-from collections.abc import AsyncIterator
 from datetime import datetime
 
 import grpc
@@ -16,7 +15,6 @@ import pytest
 from integration_tests.chain_support import (
     ChainControl,
     StreamReader,
-    running_chain,
     running_watcher,
     watcher_settings,
 )
@@ -33,19 +31,6 @@ RECONNECTS = "mlnode_upgrade_chain_websocket_reconnects_total"
 BACKFILLED = "mlnode_upgrade_chain_blocks_backfilled_total"
 MALFORMED = "mlnode_upgrade_chain_malformed_frames_total"
 ERRORS = "mlnode_upgrade_chain_watcher_errors_total"
-
-
-@pytest.fixture
-async def chain() -> AsyncIterator[MockChainServer]:
-    async with running_chain(voting_period_blocks=3) as server:
-        yield server
-
-
-@pytest.fixture
-async def control(chain: MockChainServer) -> AsyncIterator[ChainControl]:
-    ctl = ChainControl(chain)
-    yield ctl
-    await ctl.aclose()
 
 
 @pytest.fixture

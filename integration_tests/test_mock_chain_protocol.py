@@ -35,13 +35,6 @@ async def chain() -> AsyncIterator[MockChainServer]:
         yield server
 
 
-@pytest.fixture
-async def control(chain: MockChainServer) -> AsyncIterator[ChainControl]:
-    ctl = ChainControl(chain)
-    yield ctl
-    await ctl.aclose()
-
-
 async def _recv_json(ws: ClientConnection) -> dict[str, Any]:
     async with asyncio.timeout(5):
         return dict(json.loads(await ws.recv()))

@@ -291,9 +291,7 @@ class Bus:
                 return await self.js.key_value(name)
             except (nats.js.errors.BucketNotFoundError, nats.js.errors.NotFoundError) as exc:
                 if deadline is not None and time.monotonic() >= deadline:
-                    raise BusError(
-                        f"KV bucket {name} does not exist: run `mlnode-upgrade nats provision`"
-                    ) from exc
+                    raise BusError(f"KV bucket {name} does not exist: run `{PROVISION_COMMAND}`") from exc
                 log.error(
                     f"KV bucket not provisioned: run `{PROVISION_COMMAND}`; waiting",
                     extra={"bucket": name, "service": self.service},

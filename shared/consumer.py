@@ -20,7 +20,7 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import api as js_api
 
-from shared.bus import Bus, BusError
+from shared.bus import PROVISION_COMMAND, Bus, BusError
 from shared.events import Event, InvalidEventError, RejectedMessage, parse_event
 from shared.logging import get_logger
 
@@ -114,7 +114,7 @@ class DurableConsumer:
             await self.bus.js.consumer_info(self.spec.stream, self.spec.durable)
         except nats.js.errors.NotFoundError:
             log.error(
-                "consumer not provisioned: run `mlnode-upgrade nats provision`",
+                f"consumer not provisioned: run `{PROVISION_COMMAND}`",
                 extra={"durable": self.spec.durable, "stream": self.spec.stream},
             )
             raise

@@ -251,6 +251,18 @@ def _by_height(plans: list[HeldPlan] | tuple[HeldPlan, ...]) -> tuple[HeldPlan, 
     return tuple(sorted({p.height: p for p in plans}.values(), key=lambda p: p.height))
 
 
+def _switch_to_plan(state: CoreState, plan: PendingPlan, now: datetime) -> tuple[CoreState, VersionChanged]:
+    return _switch(
+        state,
+        transition_id=plan_transition_id(plan.height, plan.node_version),
+        version=plan.node_version,
+        height=plan.height,
+        reason="plan",
+        now=now,
+        note=plan.name,
+    )
+
+
 def _settle(settled: tuple[HeldPlan, ...], *plans: HeldPlan) -> tuple[HeldPlan, ...]:
     return _by_height([*settled, *plans])[-MAX_SETTLED:]
 
@@ -287,15 +299,7 @@ def _on_block(state: CoreState, height: int, now: datetime, seq: int | None) -> 
     )
     changes: list[VersionChanged] = []
     for plan in due:  # pending is kept sorted by height
-        state, event = _switch(
-            state,
-            transition_id=plan_transition_id(plan.height, plan.node_version),
-            version=plan.node_version,
-            height=plan.height,
-            reason="plan",
-            now=now,
-            note=plan.name,
-        )
+        state, event = _switch_to_plan(state, plan, now)
         changes.append(event)
     return Outcome(state, tuple(changes))
 
@@ -393,15 +397,7 @@ def _on_snapshot(state: CoreState, snapshot: ChainVersionObserved, now: datetime
     if due and state.current != version:
         top = due[-1]
         if top.node_version == version and (not state.rollback_active or top.height > state.current_height):
-            state, event = _switch(
-                state,
-                transition_id=plan_transition_id(top.height, top.node_version),
-                version=top.node_version,
-                height=top.height,
-                reason="plan",
-                now=now,
-                note=top.name,
-            )
+            state, event = _switch_to_plan(state, top, now)
             changes.append(event)
     if version == state.current or state.rollback_active:
         return Outcome(state, tuple(changes), stepped)
