@@ -69,6 +69,11 @@ class EmbeddedNats:
         self.host = host
         self.port = port or free_port(host)
         self.monitor_port = monitor_port or free_port(host)
+        # Ports we picked may be taken by another process before the server binds them (a free
+        # port is only free when asked); until the first boot such a loss picks new ones. After
+        # it, the ports are the server's identity: a restart keeps them.
+        self._may_repick = port is None and monitor_port is None
+        self._booted = False
         self.name = name
         self.extra_args = extra_args
         self.startup_timeout_s = startup_timeout_s
@@ -112,10 +117,20 @@ class EmbeddedNats:
         if self.is_running():
             return self
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        if self.config is not None:
-            self.config_path.write_text(self.config(self))
-        self._spawn()
-        self._wait_ready()
+        for attempt in range(1, 6):
+            if self.config is not None:
+                self.config_path.write_text(self.config(self))
+            self._spawn()
+            try:
+                self._wait_ready()
+                break
+            except EmbeddedNatsError as exc:
+                lost_port = "address already in use" in str(exc)
+                if not (lost_port and self._may_repick and not self._booted) or attempt == 5:
+                    raise
+                log.warning("a picked port was taken before nats-server bound it; picking new ones")
+                self.port, self.monitor_port = free_port(self.host), free_port(self.host)
+        self._booted = True
         log.info(
             "nats-server started", extra={"url": self.url, "pid": self.pid, "data_dir": str(self.data_dir)}
         )
