@@ -713,16 +713,15 @@ class BenchStack:
     async def nodes_ready_at(self, version: str, since: float) -> dict[str, float]:
         """Per node: when it first answered healthy after its model finished loading (mock clock).
 
-        Pairs each node's successful `inference/up` after `since` with its first 200 on `/health`
-        after that, which is the answer on which the broker marks the node ready. Health answers
-        before the load (a stopped MLNode is "healthy" too) do not count.
+        Pairs each node's successful `inference/up` after `since` with its first 200 on
+        `/v1/models` after that, which is the answer on which the broker marks the node ready.
         """
         ups: dict[str, float] = {}
         for r in await self.mock_requests(version, "/api/v1/inference/up", "POST"):
             if r["status"] == 200 and r["ts"] >= since:
                 ups[r["node"]] = min(ups.get(r["node"], r["ts"]), r["ts"])
         ready: dict[str, float] = {}
-        for r in await self.mock_requests(version, "/health", "GET"):
+        for r in await self.mock_requests(version, "/v1/models", "GET"):
             up = ups.get(r["node"])
             if up is not None and r["status"] == 200 and r["ts"] >= up:
                 ready[r["node"]] = min(ready.get(r["node"], r["ts"]), r["ts"])

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from bench.stats import send_offsets
 
-__all__ = ["CHAT_BODY", "RawClient", "Reply", "Sample", "open_loop", "sequential"]
+__all__ = ["CHAT_BODY", "RawClient", "Reply", "Sample", "open_loop", "read_reply", "sequential"]
 
 CHAT_BODY = json.dumps({"messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}).encode()
 IDLE_MAX_S = 3.0  # servers close idle keep-alive connections (uvicorn after 5 s); we retire them first
@@ -93,7 +93,7 @@ class RawClient:
         try:
             conn.writer.write(raw)
             await conn.writer.drain()
-            reply, reusable = await _read_reply(conn.reader)
+            reply, reusable = await read_reply(conn.reader)
         except BaseException:
             conn.close()
             raise
@@ -110,7 +110,7 @@ class RawClient:
         self._idle.clear()
 
 
-async def _read_reply(reader: asyncio.StreamReader) -> tuple[Reply, bool]:
+async def read_reply(reader: asyncio.StreamReader) -> tuple[Reply, bool]:
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ", 2)

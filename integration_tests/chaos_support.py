@@ -216,7 +216,7 @@ class ChaosStack:
     async def new_version_loading(self) -> bool:
         for versions in self.info.mlnodes.values():
             data = await self._json(f"{versions[NEW]}/mock/instances")
-            if any(i.get("inference") == "starting" for i in (data or {}).get("instances", [])):
+            if any(i.get("inference") == "in_progress" for i in (data or {}).get("instances", [])):
                 return True
         return False
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -54,3 +56,23 @@ async def serve_asgi(app: ASGIApp, host: str = "127.0.0.1") -> AsyncIterator[str
         server.should_exit = True
         await task
         sock.close()
+
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+async def propose_cli(*args: str) -> tuple[int, str, str]:
+    """`python -m cli propose ARGS` in a subprocess: its exit code, stdout and stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cli",
+        "propose",
+        *args,
+        cwd=_REPO_ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()

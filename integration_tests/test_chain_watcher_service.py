@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-import sys
 from datetime import datetime
 
 import grpc
@@ -18,8 +17,7 @@ from integration_tests.chain_support import (
     running_watcher,
     watcher_settings,
 )
-from integration_tests.conftest import REPO_ROOT
-from integration_tests.support import eventually
+from integration_tests.support import eventually, propose_cli
 from mock_chain.server import MockChainServer
 from proto.inference.inference import query_pb2, query_pb2_grpc
 from services.chain_watcher.service import ChainWatcher
@@ -271,35 +269,19 @@ async def _ready(http: httpx.AsyncClient, ops: str, expected: bool) -> bool:
     return ((await http.get(f"{ops}/readyz")).status_code == 200) == expected
 
 
-async def _cli(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "cli",
-        "propose",
-        *args,
-        cwd=REPO_ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
 async def test_a_cli_proposal_passes_the_vote_and_switches_the_version_at_its_height(
     chain: MockChainServer, control: ChainControl, reader: StreamReader, nats_settings: NatsSettings
 ) -> None:
     await control.advance(2)
     async with running_watcher(watcher_settings(chain, nats_settings)) as watcher:
         await eventually(lambda: at_cursor(watcher, 2), message="started")
-        code, out, err = await _cli(
+        code, out, err = await propose_cli(
             "--height", "12", "--node-version", "v3.0.9", "--deposit", "1000ngonka", "--submit", chain.rpc_url
         )
         assert code == 0, err
         assert "submitted proposal 1: voting ends at height 5" in out and "warning" not in err
 
-        code, _, err = await _cli(
+        code, _, err = await propose_cli(
             "--height", "4", "--node-version", "v3.0.10", "--deposit", "1ngonka", "--submit", chain.rpc_url
         )
         assert code == 1

@@ -14,6 +14,8 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from google.protobuf import descriptor_pool, message_factory
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -42,7 +44,9 @@ async def _recv_json(ws: ClientConnection) -> dict[str, Any]:
 
 def _raw_unary(channel: grpc.aio.Channel, method: str, request: bytes, height: int | None = None) -> Any:
     """Call with bytes in and bytes out, so the test decodes the answer itself."""
-    call = channel.unary_unary(f"/inference.inference.Query/{method}")
+    call = channel.unary_unary(
+        f"/inference.inference.Query/{method}", request_serializer=None, response_deserializer=None
+    )
     metadata = ((HEIGHT_HEADER, str(height)),) if height else None
     return call(request, metadata=metadata, timeout=5)
 
@@ -72,7 +76,11 @@ async def test_malformed_websocket_request_gets_a_json_rpc_error_and_the_socket_
     async with connect(chain.websocket_url) as ws:
         await ws.send("{this is not json")
         error = await _recv_json(ws)
-        assert error["error"]["code"] == -32700
+        assert error["error"]["code"] == -32700 and "id" not in error  # RPCParseError has no id
+        await ws.send(json.dumps({"jsonrpc": "2.0", "method": "block", "id": 1, "params": {"height": 3}}))
+        bad_params = await _recv_json(ws)  # over the websocket a conversion error is -32603
+        assert bad_params["id"] == 1 and bad_params["error"]["code"] == -32603
+        await ws.send(json.dumps({"jsonrpc": "2.0", "method": "status"}))  # a notification: no reply
         await ws.send(json.dumps({"jsonrpc": "2.0", "method": "nope", "id": 2}))
         assert (await _recv_json(ws))["error"]["code"] == -32601
         await ws.send(json.dumps({"jsonrpc": "2.0", "method": "status", "id": 3}))
@@ -127,7 +135,8 @@ async def test_a_lagging_query_node_answers_as_cometbft_and_cosmos_do(
     posted = await control.http.post(
         "/", json={"jsonrpc": "2.0", "id": 3, "method": "block", "params": {"height": "9"}}
     )
-    assert posted.status_code == 500 and posted.json()["error"]["code"] == -32603
+    # Over `POST /` CometBFT answers errors with HTTP 200; only URI routes use 500.
+    assert posted.status_code == 200 and posted.json()["error"]["code"] == -32603
 
     async with grpc.aio.insecure_channel(chain.grpc_target) as channel:
         stub = query_pb2_grpc.QueryStub(channel)
@@ -258,6 +267,7 @@ async def test_pagination_over_250_plans(chain: MockChainServer, control: ChainC
         stub = query_pb2_grpc.QueryStub(channel)
         first = await stub.PartialUpgradeAll(query_pb2.QueryAllPartialUpgradeRequest())
         assert len(first.partialUpgrade) == 100  # the default limit truncates: clients must page
+        assert first.pagination.total == 250  # no pagination: limit 0 implies count_total
         heights: list[int] = []
         key = b""
         while True:
@@ -284,6 +294,51 @@ async def test_pagination_over_250_plans(chain: MockChainServer, control: ChainC
                     pagination=pagination_pb2.PageRequest(key=first.pagination.next_key, offset=5)
                 )
             )
+
+
+def _reflect(target: str) -> tuple[list[str], dict[str, str], bytes]:
+    """What grpcurl does: list the services, resolve a method, build its request from the result.
+
+    grpc_reflection's client is synchronous, so it runs in a thread of its own while the server
+    keeps serving on the event loop.
+    """
+    with grpc.insecure_channel(target) as channel:
+        database = ProtoReflectionDescriptorDatabase(channel)
+        services = sorted(database.get_services())
+        pool = descriptor_pool.DescriptorPool(database)
+        # As grpcurl resolves `inference.inference.Query/PartialUpgradeAll`: the service, then its method.
+        method = pool.FindServiceByName("inference.inference.Query").methods_by_name["PartialUpgradeAll"]
+        request_class = message_factory.GetMessageClass(method.input_type)
+        request = request_class(pagination={"limit": 2, "count_total": True})
+        page_request = method.input_type.fields_by_name["pagination"].message_type
+        assert page_request is not None
+        shape = {
+            "input": method.input_type.full_name,
+            "output": method.output_type.full_name,
+            "page_key": page_request.fields_by_name["key"].full_name,
+            "file": method.containing_service.file.name,
+        }
+        return services, shape, request.SerializeToString()
+
+
+async def test_grpc_reflection_as_grpcurl_uses_it(chain: MockChainServer, control: ChainControl) -> None:
+    """Cosmos nodes serve v1alpha server reflection; a reflection client resolves our methods."""
+    await control.propose((20, "v3.0.9"), (30, "v3.0.10"), (40, "v3.1.0"))
+    await control.advance(3)
+    services, shape, request = await asyncio.to_thread(_reflect, chain.grpc_target)
+    assert services == ["grpc.reflection.v1alpha.ServerReflection", "inference.inference.Query"]
+    assert shape == {
+        "input": "inference.inference.QueryAllPartialUpgradeRequest",
+        "output": "inference.inference.QueryAllPartialUpgradeResponse",
+        "page_key": "cosmos.base.query.v1beta1.PageRequest.key",
+        "file": "proto/inference/inference/query.proto",
+    }
+    # The request built from reflected descriptors is the one the generated code would send.
+    async with grpc.aio.insecure_channel(chain.grpc_target) as channel:
+        answer = query_pb2.QueryAllPartialUpgradeResponse.FromString(
+            await _raw_unary(channel, "PartialUpgradeAll", request)
+        )
+    assert [p.height for p in answer.partialUpgrade] == [20, 30] and answer.pagination.total == 3
 
 
 async def test_grpc_errors(chain: MockChainServer, control: ChainControl) -> None:

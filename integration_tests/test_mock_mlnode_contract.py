@@ -23,7 +23,14 @@ POW = {
     "public_key": "pk",
     "url": "http://x",
 }
-BATCH = {"public_key": "pk", "block_hash": "ab", "block_height": 10, "nonces": [1, 2], "dist": [0.1, 0.2]}
+BATCH = {
+    "public_key": "pk",
+    "block_hash": "ab",
+    "block_height": 10,
+    "nonces": [1, 2],
+    "dist": [0.1, 0.2],
+    "node_id": 0,
+}
 
 ClientFactory = Callable[..., Any]
 
@@ -76,7 +83,7 @@ async def test_inference_up_blocks_until_loaded_then_serves(client: httpx.AsyncC
     assert resp.status_code == 200 and resp.json() == {"status": "OK"}
     assert await state(client) == "INFERENCE"
     status = (await client.get("/api/v1/inference/up/status")).json()
-    assert status["status"] == "running" and status["is_running"] and not status["is_starting"]
+    assert status["status"] == "completed" and status["is_running"] and not status["is_starting"]
     assert status["elapsed_seconds"] >= 0.2
 
     chat = await client.post("/v1/chat/completions", json=CHAT)
@@ -102,10 +109,14 @@ async def test_async_up_reports_starting_then_running(client: httpx.AsyncClient)
     resp = await client.post("/api/v1/inference/up/async", json=UP)
     assert resp.json()["status"] == "starting"
     status = (await client.get("/api/v1/inference/up/status")).json()
-    assert status["is_starting"] and not status["is_running"]
+    assert status["status"] == "in_progress" and status["is_starting"] and not status["is_running"]
+    # The real MLNode says ready and healthy while the model loads; only vLLM's routes say not yet.
     ready = await client.get("/readyz")
-    assert ready.status_code == 503 and ready.json() == {"ready": False}
+    assert ready.status_code == 200 and ready.json() == {"ready": True}
+    health = await client.get("/health")
+    assert health.status_code == 200 and health.json()["managers"]["inference"]["running"]
     assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 503
+    assert (await client.get("/v1/models")).status_code == 503
 
     async def running() -> bool:
         return bool((await client.get("/api/v1/inference/up/status")).json()["is_running"])
@@ -118,7 +129,7 @@ async def test_stop_during_load_cancels_it(client: httpx.AsyncClient) -> None:
     await client.post("/api/v1/inference/up/async", json=UP)
     await client.post("/api/v1/stop")
     status = (await client.get("/api/v1/inference/up/status")).json()
-    assert status == {"status": "idle", "is_starting": False, "is_running": False}
+    assert status == {"status": "cancelled", "is_starting": False, "is_running": False}
     assert await state(client) == "STOPPED"
 
 
@@ -149,13 +160,15 @@ async def test_pow_routes_and_phases(client: httpx.AsyncClient) -> None:
     assert gen.json()["pow_status"]["status"] == "GENERATING"
     assert (await client.post("/api/v1/pow/phase/validate")).json()["pow_status"]["status"] == "VALIDATING"
     assert (await client.post("/api/v1/pow/phase/generate")).json()["pow_status"]["status"] == "GENERATING"
-    assert (await client.post("/api/v1/pow/validate", json=BATCH)).json() == {"status": "OK"}
+    validated = await client.post("/api/v1/pow/validate", json=BATCH)
+    assert validated.status_code == 200 and validated.json() is None  # the real route returns nothing
     val = await client.post("/api/v1/pow/init/validate", json=POW)
     assert val.json()["pow_status"]["status"] == "VALIDATING"
     stop = await client.post("/api/v1/pow/stop")
-    assert stop.json() == {"status": "OK", "pow_status": {"status": "STOPPED", "is_model_initialized": False}}
+    assert stop.json() == {"status": "OK", "pow_status": {"status": "NOT_LOADED"}}
     assert await state(client) == "STOPPED"
-    assert (await client.post("/api/v1/pow/stop")).status_code == 200  # OK when not running
+    idle = await client.post("/api/v1/pow/stop")  # OK when not running, with a message
+    assert idle.status_code == 200 and idle.json() == {"status": "OK", "pow_status": "PoW is not running"}
 
 
 async def test_another_service_running_is_409_until_stopped(client: httpx.AsyncClient) -> None:
@@ -177,11 +190,13 @@ async def test_another_service_running_is_409_until_stopped(client: httpx.AsyncC
 async def test_train_routes(client: httpx.AsyncClient) -> None:
     assert (await client.get("/api/v1/train/status")).json() == {"status": False}
     assert (await client.post("/api/v1/train/stop")).status_code == 400
-    assert (await client.post("/api/v1/train/start", json={"anything": 1})).json() == {"status": "OK"}
+    assert (await client.post("/api/v1/train/start", json={"anything": 1})).json() == {
+        "status": "Training started"
+    }
     assert await state(client) == "TRAIN"
     assert (await client.post("/api/v1/train/start", json={})).status_code == 400
     assert (await client.get("/api/v1/train/status")).json() == {"status": True}
-    assert (await client.post("/api/v1/train/stop")).json() == {"status": "OK"}
+    assert (await client.post("/api/v1/train/stop")).json() == {"status": "Training stopped"}
     assert await state(client) == "STOPPED"
 
 
@@ -250,7 +265,7 @@ async def test_stop_mid_stream_cuts_the_stream(client: httpx.AsyncClient) -> Non
 
 
 async def test_multi_version_mode_keeps_state_apart(make_client: ClientFactory) -> None:
-    client: httpx.AsyncClient = await make_client(versions=["v3.0.6", "v3.0.8"])
+    client: httpx.AsyncClient = await make_client(versions=["v3.0.6", "v3.0.8"], gpu_busy_status=409)
     assert (await client.post("/v3.0.6/api/v1/inference/up", json=UP)).status_code == 200
     assert await state(client, "/v3.0.6") == "INFERENCE"
     assert await state(client, "/v3.0.8") == "STOPPED"
@@ -270,10 +285,19 @@ async def test_multi_version_mode_keeps_state_apart(make_client: ClientFactory) 
 
 
 async def test_pow_needs_the_gpu_too(make_client: ClientFactory) -> None:
-    client: httpx.AsyncClient = await make_client(versions=["v3.0.6", "v3.0.8"])
+    client: httpx.AsyncClient = await make_client(versions=["v3.0.6", "v3.0.8"], gpu_busy_status=409)
     await client.post("/v3.0.6/api/v1/pow/init", json=POW)
     resp = await client.post("/v3.0.8/api/v1/pow/init", json=POW)
     assert resp.status_code == 409 and "GPU is held by node-0@v3.0.6" in resp.json()["detail"]
+
+
+async def test_busy_gpu_is_a_bare_500_by_default(make_client: ClientFactory) -> None:
+    """The real MLNode has no GPU lock: the second version's load dies in CUDA, FastAPI answers 500."""
+    client: httpx.AsyncClient = await make_client(versions=["v3.0.6", "v3.0.8"])
+    assert (await client.post("/v3.0.6/api/v1/inference/up", json=UP)).status_code == 200
+    busy = await client.post("/v3.0.8/api/v1/inference/up", json=UP)
+    assert busy.status_code == 500 and busy.text == "Internal Server Error"
+    assert await state(client, "/v3.0.8") == "STOPPED"  # the refusal changed nothing
 
 
 async def test_fault_injection(client: httpx.AsyncClient) -> None:

@@ -63,7 +63,7 @@ async def test_500_nodes_each_with_its_own_state(fleet: MockMLNodeProcess) -> No
         ups = await asyncio.gather(
             *(call("POST", f"/v3.0.8/node-{i}/api/v1/inference/up", UP) for i in range(NODES))
         )
-        assert [r.status_code for r in ups] == [200 if plan(i) == "STOPPED" else 409 for i in range(NODES)]
+        assert [r.status_code for r in ups] == [200 if plan(i) == "STOPPED" else 500 for i in range(NODES)]
 
         unknown = await client.get("/v3.0.8/node-500/api/v1/state")
         assert unknown.status_code == 404

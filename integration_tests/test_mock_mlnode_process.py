@@ -46,9 +46,9 @@ def test_a_killed_holder_frees_the_gpu(tmp_path: Path) -> None:
     old = MockMLNodeProcess(tmp_path, "--version", "v3.0.6", "--gpu-lock-path", lock, "--model-load-s", "0")
     new = MockMLNodeProcess(tmp_path, "--version", "v3.0.8", "--gpu-lock-path", lock, "--model-load-s", "0")
     try:
-        up = {"model": "m"}
+        up = {"model": "m", "dtype": "float16"}
         assert httpx.post(f"{old.url}/api/v1/inference/up", json=up).status_code == 200
-        assert httpx.post(f"{new.url}/api/v1/inference/up", json=up).status_code == 409
+        assert httpx.post(f"{new.url}/api/v1/inference/up", json=up).status_code == 500
         old.proc.kill()  # a crashed container releases its GPU
         old.proc.wait(timeout=10)
         assert httpx.post(f"{new.url}/api/v1/inference/up", json=up).status_code == 200

@@ -2,25 +2,31 @@
 
 Pure: turns the JSON into a `ProposalDraft` or raises `ProposalRejected` with the reason. It refuses
 what the real chain refuses (unknown message fields, an authority that is not the gov module
-account, `ValidateBasic` failures, bad deposit coins, empty title or summary) and, on top, version
-strings that would not survive as a URL path segment. Checks that need the chain's height live in
-`mock_chain.chain`.
+account, `ValidateBasic` failures, bad deposit coins or a denomination x/gov does not accept, empty
+title or summary) and, on top, version strings that would not survive as a URL path segment.
+
+Deposits: the real chain puts a proposal whose deposit is below `min_deposit` into a deposit
+period, where it waits for more deposits and is never voted on if they do not come. This mock has
+no deposit period, so it refuses such a proposal instead, saying so. `MIN_DEPOSIT` is what it
+enforces and what its `/cosmos.gov.v1.Query/Params` reports (`mock_chain.abci`). Checks that need
+the chain's height live in `mock_chain.chain`.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from mock_chain.bech32 import Bech32Error, decode
+from shared.coins import Coin, InvalidCoins, below, coins_text, foreign_denoms, parse_coins
 from shared.versions import InvalidVersionError, parse_version
 
 __all__ = [
     "BECH32_PREFIX",
     "GOV_MODULE_ADDRESS",
     "MAX_METADATA_LEN",
+    "MIN_DEPOSIT",
     "MSG_CREATE_PARTIAL_UPGRADE",
     "MsgCreatePartialUpgrade",
     "ProposalDraft",
@@ -39,11 +45,16 @@ MAX_HEIGHT = 2**63 - 1  # CometBFT heights are int64
 
 _MSG_FIELDS = frozenset({"@type", "authority", "height", "nodeVersion", "apiBinariesJson"})
 _PROPOSAL_FIELDS = frozenset({"messages", "metadata", "deposit", "title", "summary", "expedited"})
-_COIN = re.compile(r"^([0-9]+)([a-zA-Z][a-zA-Z0-9/:._-]{2,127})$")
 
 
 class ProposalRejected(ValueError):
     """The chain refuses this proposal; the message is the reason, for the submitter."""
+
+
+# The mock's x/gov `min_deposit` and `expedited_min_deposit`: the smallest positive amount, so the
+# `1ngonka` deposits of the dev tools enter the vote. The real network's is 25000000ngonka
+# (50000000ngonka expedited) at genesis.
+MIN_DEPOSIT: tuple[Coin, ...] = (Coin("ngonka", 1),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,19 +159,32 @@ def _parse_message(index: int, raw: Any) -> MsgCreatePartialUpgrade:
     return msg
 
 
-def _check_deposit(raw: str) -> str:
-    if not raw.strip():
-        raise ProposalRejected('deposit is required, e.g. "10000000ngonka"')
-    for coin in raw.split(","):
-        match = _COIN.fullmatch(coin.strip())
-        if match is None:
-            raise ProposalRejected(f"invalid deposit coin {coin.strip()!r}: expected <amount><denom>")
-        if int(match.group(1)) == 0:
-            raise ProposalRejected(f"invalid deposit coin {coin.strip()!r}: the amount must be positive")
+def _check_deposit(raw: str, minimum: tuple[Coin, ...], which: str) -> str:
+    """x/gov `validateDepositDenom`, then the deposit-period rule (refused here, see the module doc)."""
+    try:
+        deposit = parse_coins(raw)
+    except InvalidCoins as exc:
+        raise ProposalRejected(f"invalid deposit: {exc}") from None
+    if foreign_denoms(deposit, minimum):
+        raise ProposalRejected(
+            f"deposited {coins_text(deposit)}, but gov accepts only the following denom(s): "
+            f"[{' '.join(c.denom for c in minimum)}]: invalid deposit denom"
+        )
+    if below(deposit, minimum):
+        raise ProposalRejected(
+            f"deposit {coins_text(deposit)} is below {which} {coins_text(minimum)}: the real chain would "
+            "keep the proposal in its deposit period, not voted on until deposits reach the minimum; "
+            "this mock has no deposit period and refuses it"
+        )
     return raw
 
 
-def parse_proposal(raw: Any) -> ProposalDraft:
+def parse_proposal(
+    raw: Any,
+    *,
+    min_deposit: tuple[Coin, ...] = MIN_DEPOSIT,
+    expedited_min_deposit: tuple[Coin, ...] = MIN_DEPOSIT,
+) -> ProposalDraft:
     """Validate a submit-proposal JSON document; raise `ProposalRejected` saying why not."""
     if not isinstance(raw, Mapping):
         raise ProposalRejected("the proposal must be a JSON object")
@@ -183,7 +207,11 @@ def parse_proposal(raw: Any) -> ProposalDraft:
     expedited = raw.get("expedited", False)
     if not isinstance(expedited, bool):
         raise ProposalRejected("expedited must be true or false")
-    deposit = _check_deposit(_string("deposit", raw.get("deposit", "")))
+    deposit = _check_deposit(
+        _string("deposit", raw.get("deposit", "")),
+        expedited_min_deposit if expedited else min_deposit,
+        "expedited_min_deposit" if expedited else "min_deposit",
+    )
     return ProposalDraft(
         messages=messages,
         title=title,

@@ -3,6 +3,13 @@
 Answers with the generated messages (the chain's own proto definitions), honours the Cosmos
 `x-cosmos-block-height` request header (the state after that block; echoed in the response
 headers) and real pagination, and can be told to fail (`Faults.grpc`).
+
+Serves gRPC server reflection as a Cosmos node does, so `grpcurl -plaintext HOST:9090 list` and
+`describe` work: cosmos-sdk server/grpc registers only `grpc.reflection.v1alpha`
+(server/grpc/gogoreflection, "we want to keep using v1alpha"), and grpcurl falls back to it
+(jhump/protoreflect grpcreflect.NewClientAuto tries v1, then v1alpha on Unimplemented).
+The Cosmos services `cosmos.base.reflection.v2alpha1` / `cosmos.reflection.v1.ReflectionService`
+are not served: their protos are not part of this repository.
 """
 
 from __future__ import annotations
@@ -10,27 +17,21 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+from grpc_reflection.v1alpha import reflection
 
-from mock_chain.chain import PartialUpgrade, StateSnapshot, StateUnavailable
+from mock_chain import inference_query
+from mock_chain.chain import StateSnapshot, StateUnavailable
 from mock_chain.node import ChainNode
-from mock_chain.pagination import PaginationError, paginate, uint64_key
-from proto.cosmos.base.query.v1beta1 import pagination_pb2
-from proto.inference.inference import mlnode_version_pb2, partial_upgrade_pb2, query_pb2, query_pb2_grpc
+from proto.inference.inference import query_pb2, query_pb2_grpc
 
-__all__ = ["HEIGHT_HEADER", "QueryService", "create_grpc_server"]
+__all__ = ["HEIGHT_HEADER", "REFLECTED_SERVICES", "QueryService", "create_grpc_server"]
 
 HEIGHT_HEADER = "x-cosmos-block-height"
+QUERY_SERVICE: str = query_pb2.DESCRIPTOR.services_by_name["Query"].full_name
+# What `list` shows: every service registered on the server, reflection included.
+REFLECTED_SERVICES: tuple[str, ...] = (QUERY_SERVICE, str(reflection.SERVICE_NAME))
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-
-def _to_pb(plan: PartialUpgrade) -> partial_upgrade_pb2.PartialUpgrade:
-    return partial_upgrade_pb2.PartialUpgrade(
-        height=plan.height,
-        node_version=plan.node_version,
-        api_binaries_json=plan.api_binaries_json,
-        name=plan.name,
-    )
 
 
 class QueryService(query_pb2_grpc.QueryServicer):
@@ -55,49 +56,34 @@ class QueryService(query_pb2_grpc.QueryServicer):
         await context.send_initial_metadata(((HEIGHT_HEADER, str(state.height)),))
         return state
 
+    async def _answer(self, method: str, request: Any, context: Context) -> Any:
+        state = await self._state(method, context)
+        try:
+            return inference_query.METHODS[method].answer(state, request)
+        except inference_query.QueryError as exc:
+            await context.abort(exc.code, exc.message)
+
     async def PartialUpgrade(
         self, request: query_pb2.QueryGetPartialUpgradeRequest, context: Context
     ) -> query_pb2.QueryGetPartialUpgradeResponse:
-        state = await self._state("PartialUpgrade", context)
-        for plan in state.partial_upgrades:
-            if plan.height == request.height:
-                return query_pb2.QueryGetPartialUpgradeResponse(partialUpgrade=_to_pb(plan))
-        await context.abort(grpc.StatusCode.NOT_FOUND, "not found")
+        return await self._answer("PartialUpgrade", request, context)  # type: ignore[no-any-return]
 
     async def PartialUpgradeAll(
         self, request: query_pb2.QueryAllPartialUpgradeRequest, context: Context
     ) -> query_pb2.QueryAllPartialUpgradeResponse:
-        state = await self._state("PartialUpgradeAll", context)
-        page_request = request.pagination
-        try:
-            page = paginate(
-                [(uint64_key(p.height), p) for p in state.partial_upgrades],
-                key=page_request.key,
-                offset=page_request.offset,
-                limit=page_request.limit,
-                count_total=page_request.count_total,
-                reverse=page_request.reverse,
-            )
-        except PaginationError as exc:
-            await context.abort(grpc.StatusCode.INTERNAL, str(exc))
-        return query_pb2.QueryAllPartialUpgradeResponse(
-            partialUpgrade=[_to_pb(p) for p in page.items],
-            pagination=pagination_pb2.PageResponse(next_key=page.next_key, total=page.total),
-        )
+        return await self._answer("PartialUpgradeAll", request, context)  # type: ignore[no-any-return]
 
     async def MLNodeVersion(
         self, request: query_pb2.QueryGetMLNodeVersionRequest, context: Context
     ) -> query_pb2.QueryGetMLNodeVersionResponse:
-        state = await self._state("MLNodeVersion", context)
-        return query_pb2.QueryGetMLNodeVersionResponse(
-            mlnode_version=mlnode_version_pb2.MLNodeVersion(current_version=state.mlnode_version)
-        )
+        return await self._answer("MLNodeVersion", request, context)  # type: ignore[no-any-return]
 
 
 def create_grpc_server(node: ChainNode, address: str) -> tuple[grpc.aio.Server, int]:
     """A not-yet-started server bound to `address` (`host:0` picks a port); returns it and its port."""
     server = grpc.aio.server()
     query_pb2_grpc.add_QueryServicer_to_server(QueryService(node), server)
+    reflection.enable_server_reflection(REFLECTED_SERVICES, server)
     port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind the gRPC server to {address}")

@@ -1,9 +1,17 @@
 """Cosmos SDK pagination over an ordered key space, with the real semantics.
 
-A page is selected by `key` (the previous page's `next_key`) or by `offset`, never both; `limit`
-defaults to 100; `next_key` is the key of the first item after the page (empty on the last page);
-`total` is only counted for offset queries with `count_total`. Clients that stop after the first
-page miss entries (the real dapi did, until v0.2.2), which is what the 250-plan test checks.
+As `query.CollectionPaginate` (cosmos-sdk v0.50.0 to v0.53.3, and the product-science fork
+v0.50.9-ps2 / v0.53.3-ps4 the gonka chain builds with; types/query/collections_pagination.go and
+`initPageRequestDefaults` in pagination.go) pages a `collections.Map`:
+
+- a page is selected by `key` (the previous page's `next_key`) or by `offset`, never both;
+- `limit` 0 (or no `pagination` at all, as the dapi sends) means 100 **and** `count_total`;
+- `next_key` is the key of the first item after the page (empty on the last page);
+- `total` is counted only on the offset path (never with a `key`), as offset + the rest;
+- an `offset` past the end is not an error: no items and an empty (but present) PageResponse.
+
+Clients that stop after the first page miss entries (the real dapi did, until v0.2.2), which is
+what the 250-plan test checks.
 """
 
 from __future__ import annotations
@@ -50,6 +58,10 @@ def paginate(
         raise PaginationError("invalid request, either offset or key is expected, got both")
     if limit == 0:
         limit = DEFAULT_LIMIT
+        count_total = True
+    if not key and offset > len(entries):
+        # advanceIter runs off the end: ErrInvalidIterator, answered as `new(PageResponse)`.
+        return Page(items=(), next_key=b"", total=0)
     ordered = list(reversed(entries)) if reverse else list(entries)
     keys = [k for k, _ in ordered]
     if key:

@@ -31,6 +31,12 @@ def parse_args(argv: list[str] | None) -> dict[str, Any]:
     parser.add_argument("--model-load-s", type=float, help="how long inference/up takes")
     parser.add_argument("--stream-chunk-delay-s", type=float)
     parser.add_argument("--completion-delay-s", type=float)
+    parser.add_argument(
+        "--gpu-busy-status",
+        type=int,
+        choices=(409, 500),
+        help="answer to an up on a GPU another version holds",
+    )
     parser.add_argument("--log-level")
     opts = vars(parser.parse_args(argv))
     return {k: v for k, v in opts.items() if v is not None}

@@ -3,6 +3,22 @@
 `PrefixDispatch` strips the optional `/{version}/{node}` prefix, applies injected faults, stamps
 every answer with the version and node that produced it and records the call; the FastAPI app
 behind it implements the MLNode routes on the addressed instance and the `/mock/` control API.
+
+It answers what the real MLNode (v3.0.8, gonka v0.2.4) answers to the real API node's requests:
+JSON bodies read without a Content-Type, `inference/up/status` with the real status values,
+`/health` and `/readyz` 200 while a model loads, the GPU and model-cache routes, the PoW and
+training answers as the real routes write them. Where it differs, on purpose:
+
+- One port serves the management routes and vLLM's (`/v1/*`, `/tokenize`), as the real port
+  8080 does. The real backward-compatibility port 5000, on which nothing listens until vLLM is
+  up, is not modelled, so `/health` here is always the management health; the broker therefore
+  judges "serving" by `/v1/models`, which behaves the same on both real ports.
+- The versions of a node share a GPU lock, so a second version cannot take a GPU in use. The
+  real MLNode has no such lock: the load fails in CUDA and FastAPI answers a bare 500, which is
+  what `gpu_busy_status=500` (the default) answers; 409 names the holder, for debugging.
+- `/health` is not cached for 5 s as the real one is: tests would only wait longer.
+- No signature check on the GPU and model routes (later MLNodes have one) and no watchdog exit.
+- The `/mock/*` control API and the `x-mlnode-version` / `x-mlnode-node` answer headers.
 """
 
 from __future__ import annotations
@@ -17,17 +33,19 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, Query, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mock_mlnode.completions import ChatRequest, chat_completion, sse_chunks, tokenize
+from mock_mlnode.completions import ChatRequest, Generation, chat_completion, sse_chunks, tokenize
 from mock_mlnode.faults import FaultAction, FaultBook, FaultRule
+from mock_mlnode.gpu_devices import DRIVER_INFO, device, devices_answer
 from mock_mlnode.gpu_lock import FileGpuLock, lock_path_for
+from mock_mlnode.model_cache import ModelCache, ModelRef
 from mock_mlnode.request_log import RequestLog
 from mock_mlnode.routing import Target, resolve
 from mock_mlnode.settings import MockMLNodeSettings
-from mock_mlnode.state import MLNodeError, NodeMachine, NotReady, PowStatus
+from mock_mlnode.state import GpuBusy, MLNodeError, NodeMachine, NotReady, PowStatus
 from shared.logging import get_logger
 
 __all__ = ["NODE_HEADER", "VERSION_HEADER", "Instance", "MockNode", "create_app"]
@@ -73,12 +91,14 @@ class MockNode:
     clock: Callable[[], float] = time.monotonic
     faults: FaultBook = field(default_factory=FaultBook)
     instances: dict[tuple[str, str], Instance] = field(default_factory=dict)
+    model_caches: dict[str, ModelCache] = field(default_factory=dict)  # per node, shared by versions
 
     def __post_init__(self) -> None:
         self.log = RequestLog(self.settings.request_log_limit)
         self._versions = frozenset(self.settings.versions)
         self._nodes = frozenset(self.settings.nodes)
         for node in self.settings.nodes:
+            self.model_caches[node] = ModelCache(download_s=self.settings.model_download_s)
             path = lock_path_for(self.settings.gpu_lock_path, node)
             for version in self.settings.versions:
                 gpu = FileGpuLock(path, f"{node}@{version}")
@@ -195,8 +215,10 @@ async def _send_json(
 
 
 class InferenceInitRequest(BaseModel):
+    """The real `InferenceInitRequest`: `dtype` has no default there either (422 without it)."""
+
     model: str = Field(min_length=1)
-    dtype: str = "auto"
+    dtype: str
     additional_args: list[str] = Field(default_factory=list)
 
 
@@ -218,6 +240,8 @@ class PowInitRequest(BaseModel):
 
 
 class ProofBatch(BaseModel):
+    """The real `ProofBatch` dataclass, `node_id` included (the API node sends it)."""
+
     model_config = ConfigDict(extra="allow")
 
     public_key: str
@@ -225,6 +249,7 @@ class ProofBatch(BaseModel):
     block_height: int
     nonces: list[int]
     dist: list[float]
+    node_id: int
 
 
 class TokenizeRequest(BaseModel):
@@ -266,11 +291,17 @@ def _conflict_check(service: str) -> Callable[[Instance], None]:
 
 def create_app(settings: MockMLNodeSettings, mock: MockNode | None = None) -> ASGIApp:
     mock = mock or MockNode(settings)
-    api = FastAPI(title="mock MLNode", version=settings.default_version)
+    # The real MLNode's FastAPI (0.115) reads a JSON body whatever the Content-Type, and the
+    # real API node sends none; a strict app would answer those calls 422.
+    api = FastAPI(title="mock MLNode", version=settings.default_version, strict_content_type=False)
     api.state.mock = mock
 
     @api.exception_handler(MLNodeError)
-    async def _mlnode_error(request: Request, exc: MLNodeError) -> JSONResponse:
+    async def _mlnode_error(request: Request, exc: MLNodeError) -> Response:
+        if isinstance(exc, GpuBusy) and settings.gpu_busy_status == 500:
+            # The real MLNode has no GPU lock: the load dies in CUDA and FastAPI answers a bare 500.
+            log.warning("GPU busy, answering 500", extra={"detail": str(exc)})
+            return PlainTextResponse("Internal Server Error", status_code=500)
         return JSONResponse({"detail": str(exc)}, status_code=exc.status)
 
     ok = {"status": "OK"}
@@ -320,7 +351,7 @@ def create_app(settings: MockMLNodeSettings, mock: MockNode | None = None) -> AS
     @api.post("/api/v1/inference/up/async", dependencies=inference)
     async def inference_up_async(inst: InstanceDep, body: InferenceInitRequest) -> dict[str, str]:
         _begin(inst, body)
-        return {"status": "starting", "message": f"loading {body.model}"}
+        return {"status": "starting", "message": f"Inference startup initiated for {body.model}"}
 
     @api.get("/api/v1/inference/up/status", dependencies=inference)
     async def inference_up_status(inst: InstanceDep) -> dict[str, Any]:
@@ -363,9 +394,8 @@ def create_app(settings: MockMLNodeSettings, mock: MockNode | None = None) -> AS
         return _pow_answer(inst)
 
     @api.post("/api/v1/pow/validate", dependencies=pow_deps)
-    async def pow_validate(inst: InstanceDep, body: ProofBatch) -> dict[str, str]:
-        inst.machine.pow_validate()
-        return ok
+    async def pow_validate(inst: InstanceDep, body: ProofBatch) -> None:
+        inst.machine.pow_validate()  # the real route returns nothing: `null`
 
     @api.get("/api/v1/pow/status", dependencies=pow_deps)
     async def pow_status(inst: InstanceDep) -> dict[str, Any]:
@@ -373,7 +403,8 @@ def create_app(settings: MockMLNodeSettings, mock: MockNode | None = None) -> AS
 
     @api.post("/api/v1/pow/stop", dependencies=pow_deps)
     async def pow_stop(inst: InstanceDep) -> dict[str, Any]:
-        inst.machine.pow_stop()
+        if not inst.machine.pow_stop():
+            return {"status": "OK", "pow_status": "PoW is not running"}
         return _pow_answer(inst)
 
     train_deps = [Depends(_conflict_check("train"))]
@@ -381,12 +412,12 @@ def create_app(settings: MockMLNodeSettings, mock: MockNode | None = None) -> AS
     @api.post("/api/v1/train/start", dependencies=train_deps)
     async def train_start(inst: InstanceDep, body: Annotated[dict[str, Any], Body()]) -> dict[str, str]:
         inst.machine.train_start()
-        return ok
+        return {"status": "Training started"}
 
     @api.post("/api/v1/train/stop", dependencies=train_deps)
     async def train_stop(inst: InstanceDep) -> dict[str, str]:
         inst.machine.train_stop()
-        return ok
+        return {"status": "Training stopped"}
 
     @api.get("/api/v1/train/status", dependencies=train_deps)
     async def train_status(inst: InstanceDep) -> dict[str, bool]:
@@ -394,16 +425,53 @@ def create_app(settings: MockMLNodeSettings, mock: MockNode | None = None) -> AS
 
     # health ---------------------------------------------------------------------------------
 
+    def _device(inst: Instance) -> dict[str, Any]:
+        return device(inst.machine.gpu, settings.gpu_name, settings.gpu_memory_mb)
+
     @api.get("/health")
     @api.get("/livez")
     async def health(inst: InstanceDep) -> JSONResponse:
-        # 503 while a model is loading, as the real health check reports the inference manager.
-        return JSONResponse(inst.machine.health(), status_code=200 if inst.machine.ready else 503)
+        # 200 while a model loads, as on the real MLNode (see `NodeMachine.healthy`).
+        body = inst.machine.health(_device(inst))
+        return JSONResponse(body, status_code=200 if inst.machine.healthy else 503)
 
     @api.get("/readyz")
     async def readyz(inst: InstanceDep) -> JSONResponse:
-        ready = inst.machine.ready
+        ready = inst.machine.healthy
         return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+    # GPU and model cache (added to the real MLNode after 3.0.6) -----------------------------
+
+    @api.get("/api/v1/gpu/devices")
+    async def gpu_devices(inst: InstanceDep) -> dict[str, Any]:
+        return devices_answer(inst.machine.gpu, settings.gpu_name, settings.gpu_memory_mb)
+
+    @api.get("/api/v1/gpu/driver")
+    async def gpu_driver() -> dict[str, str]:
+        return DRIVER_INFO
+
+    def _cache(inst: Instance) -> ModelCache:
+        return mock.model_caches[inst.machine.node]
+
+    @api.post("/api/v1/models/status")
+    async def model_status(inst: InstanceDep, body: ModelRef) -> dict[str, Any]:
+        return _cache(inst).status(body, mock.clock())
+
+    @api.post("/api/v1/models/download", status_code=202)
+    async def model_download(inst: InstanceDep, body: ModelRef) -> dict[str, Any]:
+        return _cache(inst).download(body, mock.clock())
+
+    @api.delete("/api/v1/models")
+    async def model_delete(inst: InstanceDep, body: ModelRef) -> dict[str, Any]:
+        return _cache(inst).delete(body, mock.clock())
+
+    @api.get("/api/v1/models/list")
+    async def model_list(inst: InstanceDep) -> dict[str, Any]:
+        return _cache(inst).listing(mock.clock())
+
+    @api.get("/api/v1/models/space")
+    async def model_space(inst: InstanceDep) -> dict[str, Any]:
+        return _cache(inst).space(mock.clock())
 
     # inference (what vLLM answers behind the real proxy) ------------------------------------
 
@@ -414,6 +482,7 @@ def create_app(settings: MockMLNodeSettings, mock: MockNode | None = None) -> AS
             return JSONResponse({"detail": f"The model `{body.model}` does not exist."}, status_code=404)
         generation = inst.machine.generation
         m = inst.machine
+        answer = Generation.plan(body, model, m.version, m.node, settings.stream_chunks)
         if not body.stream:
             inst.in_flight += 1
             try:
@@ -423,12 +492,12 @@ def create_app(settings: MockMLNodeSettings, mock: MockNode | None = None) -> AS
                     raise NotReady("the model was unloaded while answering")
             finally:
                 inst.in_flight -= 1
-            return JSONResponse(chat_completion(model, m.version, m.node, settings.stream_chunks))
+            return JSONResponse(chat_completion(answer))
 
         async def events() -> AsyncIterator[bytes]:
             inst.in_flight += 1
             try:
-                for i, chunk in enumerate(sse_chunks(model, m.version, m.node, settings.stream_chunks)):
+                for i, chunk in enumerate(sse_chunks(answer)):
                     if i and settings.stream_chunk_delay_s:
                         await asyncio.sleep(settings.stream_chunk_delay_s)
                     if m.generation != generation:
@@ -444,7 +513,16 @@ def create_app(settings: MockMLNodeSettings, mock: MockNode | None = None) -> AS
     @api.get("/v1/models")
     async def models(inst: InstanceDep) -> dict[str, Any]:
         model = inst.machine.require_model()
-        return {"object": "list", "data": [{"id": model, "object": "model", "owned_by": "vllm"}]}
+        entry = {
+            "id": model,
+            "object": "model",
+            "created": int(time.time()),
+            "owned_by": "vllm",
+            "root": model,
+            "parent": None,
+            "max_model_len": settings.max_model_len,
+        }
+        return {"object": "list", "data": [entry]}
 
     @api.post("/tokenize")
     async def tokenize_route(inst: InstanceDep, body: TokenizeRequest) -> dict[str, Any]:

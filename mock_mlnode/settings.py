@@ -43,6 +43,12 @@ class MockMLNodeSettings(BaseSettings):
     stream_chunks: Annotated[int, Field(ge=1, le=10_000)] = 8
     stream_chunk_delay_s: Annotated[float, Field(ge=0, le=60)] = 0.05
     max_model_len: Annotated[int, Field(ge=1)] = 4096
+    # What `inference/up` on a GPU another version holds answers: 500, as the real MLNode does
+    # (it has no GPU lock; the load dies in CUDA), or 409 with the holder named, for debugging.
+    gpu_busy_status: Literal[409, 500] = 500
+    gpu_name: str = "NVIDIA H100 80GB HBM3"
+    gpu_memory_mb: Annotated[int, Field(ge=1)] = 81_559
+    model_download_s: Annotated[float, Field(ge=0, le=3600)] = 1.0
     request_log_limit: Annotated[int, Field(ge=1)] = 100_000
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -42,9 +42,12 @@ class PowStatus(enum.StrEnum):
 
 
 class InferenceStatus(enum.StrEnum):
-    IDLE = "idle"
-    STARTING = "starting"
-    RUNNING = "running"
+    """`inference/up/status`'s `status`, with the real MLNode's values."""
+
+    IDLE = "not_started"
+    STARTING = "in_progress"
+    RUNNING = "completed"
+    CANCELLED = "cancelled"  # stopped while loading
     FAILED = "failed"
 
 
@@ -136,15 +139,20 @@ class NodeMachine:
     # -- stop --------------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Stop whatever runs and free the GPU; always succeeds, like the real `/api/v1/stop`."""
-        if self.model is not None or self.inference is not InferenceStatus.IDLE:
+        """Stop whatever runs and free the GPU; always succeeds, like the real `/api/v1/stop`.
+
+        The PoW controller is dropped, so `pow/status` says NOT_LOADED again, as the real one does;
+        a load that was under way reports `cancelled` until the next `inference/up`.
+        """
+        if self.model is not None or self.inference not in (InferenceStatus.IDLE, InferenceStatus.CANCELLED):
             self.generation += 1
+        loading = self.inference is InferenceStatus.STARTING
         self.state = ServiceState.STOPPED
         self.model = None
-        self.inference = InferenceStatus.IDLE
+        self.inference = InferenceStatus.CANCELLED if loading else InferenceStatus.IDLE
         self.inference_started_at = None
         self.inference_error = None
-        self.pow = PowStatus.NOT_LOADED if self.pow is PowStatus.NOT_LOADED else PowStatus.STOPPED
+        self.pow = PowStatus.NOT_LOADED
         self.pow_params = {}
         self.train_running = False
         self._free_gpu()
@@ -155,7 +163,8 @@ class NodeMachine:
         """Start loading `model`; returns the generation the load belongs to."""
         self.check_conflict("inference")
         if self.inference in (InferenceStatus.STARTING, InferenceStatus.RUNNING):
-            raise Conflict(f"inference is already {self.inference.value} (model {self.model})")
+            doing = "starting" if self.inference is InferenceStatus.STARTING else "running"
+            raise Conflict(f"inference is already {doing} (model {self.model})")
         self._take_gpu()
         self.generation += 1
         self.state = ServiceState.INFERENCE
@@ -191,8 +200,14 @@ class NodeMachine:
         return model
 
     @property
-    def ready(self) -> bool:
-        return self.state is not ServiceState.INFERENCE or self.inference is InferenceStatus.RUNNING
+    def healthy(self) -> bool:
+        """What the real `/health` and `/readyz` report: healthy unless a manager has failed.
+
+        A loading model does not make the real MLNode unhealthy: its manager only counts as
+        active once the load has finished, and an inactive manager is healthy. So readiness to
+        serve is `/v1/models` answering, never these two.
+        """
+        return self.inference is not InferenceStatus.FAILED
 
     def startup_status(self, now: float) -> dict[str, Any]:
         status: dict[str, Any] = {
@@ -236,9 +251,12 @@ class NodeMachine:
             return {"status": PowStatus.NOT_LOADED.value}
         return {"status": self.pow.value, "is_model_initialized": self.state is ServiceState.POW}
 
-    def pow_stop(self) -> None:
-        if self.state is ServiceState.POW:
-            self.stop()
+    def pow_stop(self) -> bool:
+        """Stop PoW; False when it was not running (the real route still answers OK)."""
+        if self.state is not ServiceState.POW:
+            return False
+        self.stop()
+        return True
 
     # -- training ----------------------------------------------------------------------------
 
@@ -258,14 +276,15 @@ class NodeMachine:
 
     # -- health ------------------------------------------------------------------------------
 
-    def health(self) -> dict[str, Any]:
+    def health(self, gpu: dict[str, Any]) -> dict[str, Any]:
+        """The real `HealthResponse`; `gpu` is the device view (see `gpu_devices`)."""
         return {
-            "status": "healthy" if self.ready else "unhealthy",
+            "status": "healthy" if self.healthy else "unhealthy",
             "service_state": self.state.value,
-            "gpu": {"available": True, "count": 1, "devices": [{"index": 0, "holder": self.gpu.holder()}]},
+            "gpu": {"available": True, "count": 1, "devices": [gpu]},
             "managers": {
                 "pow": {"running": self.state is ServiceState.POW, "healthy": True},
-                "inference": {"running": self.state is ServiceState.INFERENCE, "healthy": self.ready},
+                "inference": {"running": self.state is ServiceState.INFERENCE, "healthy": self.healthy},
                 "train": {"running": self.train_running, "healthy": True},
             },
         }

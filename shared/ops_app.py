@@ -73,6 +73,12 @@ def add_ops_routes(
 def make_ops_app(
     metrics: ServiceMetrics, readiness: Sequence[ReadinessCheck] = (), service: str | None = None
 ) -> FastAPI:
-    app = FastAPI(title=f"{service or metrics.service} ops", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title=f"{service or metrics.service} ops",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        strict_content_type=False,
+    )
     add_ops_routes(app, metrics, readiness, service)
     return app

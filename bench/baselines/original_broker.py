@@ -242,7 +242,12 @@ class OriginalBroker:
         return Response(content=resp.content, status_code=resp.status_code, headers=headers)
 
     def app(self) -> FastAPI:
-        app = FastAPI(title="baseline broker (original behaviour)", docs_url=None, redoc_url=None)
+        app = FastAPI(
+            title="baseline broker (original behaviour)",
+            docs_url=None,
+            redoc_url=None,
+            strict_content_type=False,
+        )
 
         @app.post("/v1/chat/completions")
         async def chat(request: Request) -> Response:

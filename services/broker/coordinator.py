@@ -324,7 +324,7 @@ class Coordinator:
                     await self.gateway.inference_up(node, version, model, args)
                     return hf.Ok()
                 case hf.CheckHealth(version):
-                    await self.gateway.health(node, version)
+                    await self.gateway.serving(node, version)
                     return hf.Ok()
         except MLNodeCallError as exc:
             return hf.Failed(str(exc), exc.status)

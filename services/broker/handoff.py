@@ -5,7 +5,7 @@ One handoff moves one node to `target`:
     drain the old versions' in-flight work (bounded)
     → for each old version: POST stop (retried with backoff) → GET state must say STOPPED
     → GET state of the target: INFERENCE means it is up already (a resumed handoff), else inference/up
-    → GET health until healthy (bounded) → finished
+    → GET the target's /v1/models until its model answers (bounded) → finished
 
 Every answer that is not a confirmation is a failure: a 404 or 500 from stop is retried, never
 taken as success (the real client's mistake), and the stop only counts once the old version

@@ -39,7 +39,8 @@ def create_app(
     admin_token: str | None = None,
 ) -> FastAPI:
     """`admin_token`: changing nodes needs `Authorization: Bearer <token>`; without one it is refused."""
-    app = FastAPI(title="mlnode-upgrade broker", docs_url=None, redoc_url=None)
+    # The API node posts JSON with no Content-Type, as its Go client does to an MLNode.
+    app = FastAPI(title="mlnode-upgrade broker", docs_url=None, redoc_url=None, strict_content_type=False)
 
     def require_admin(authorization: Annotated[str | None, Header()] = None) -> None:
         if admin_token is None:

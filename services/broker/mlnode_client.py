@@ -48,28 +48,14 @@ class ClientTimeouts:
         return httpx.Timeout(connect=self.connect_s, read=read_s, write=read_s, pool=self.connect_s)
 
 
-def _health_problem(resp: httpx.Response, *, inference: bool) -> str | None:
-    """Why a 2xx health answer still means "not serving", or None when it is healthy.
-
-    The MLNode's management `/health` answers 200 with details; vLLM's answers 200 with no body.
-    """
+def _health_problem(resp: httpx.Response) -> str | None:
+    """Why a 2xx management health answer still means "not usable", or None when it is fine."""
     try:
         body = resp.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
-    if not isinstance(body, dict):
-        return None
-    if body.get("status") == "unhealthy":
+    if isinstance(body, dict) and body.get("status") == "unhealthy":
         return "health says unhealthy"
-    if inference:
-        state = body.get("service_state")
-        if state is not None and state != "INFERENCE":
-            return f"service_state is {state}"
-        manager = (
-            body.get("managers", {}).get("inference", {}) if isinstance(body.get("managers"), dict) else {}
-        )
-        if isinstance(manager, dict) and manager.get("healthy") is False:
-            return "the inference manager is not healthy yet"
     return None
 
 
@@ -150,19 +136,26 @@ class MLNodeClient:
         """`GET {poc}/health`: the container is up and sees its GPU (answers before the model loads)."""
         url = f"{self.poc_url}/health"
         resp = await self._call("GET", url, self.timeouts.management_s)
-        problem = _health_problem(resp, inference=False)
+        problem = _health_problem(resp)
         if problem:
             raise MLNodeCallError("GET", url, resp.status_code, problem)
 
     # -- inference port ------------------------------------------------------------------------
 
-    async def health(self) -> None:
-        """`GET {inference}/health`: the model answers. Only a healthy 2xx passes."""
-        url = f"{self.inference_url}/health"
+    async def serving(self) -> None:
+        """The model answers: `GET {inference}/v1/models` lists at least one model.
+
+        Not `/health`: the real MLNode answers it 200 "healthy" while a model loads (its
+        inference manager only counts as active once the load is done) and, on port 8080, it
+        is the management health anyway. `/v1/*` always goes to vLLM: the real proxy answers
+        503 "No vLLM backend available" (port 8080) or nothing listens (port 5000) until the
+        model is loaded.
+        """
+        url = f"{self.inference_url}/v1/models"
         resp = await self._call("GET", url, self.timeouts.management_s)
-        problem = _health_problem(resp, inference=True)
-        if problem:
-            raise MLNodeCallError("GET", url, resp.status_code, problem)
+        data = self._json(resp).get("data")
+        if not isinstance(data, list) or not data:
+            raise MLNodeCallError("GET", url, resp.status_code, f"no model is loaded: {resp.text[:200]}")
 
     async def models(self) -> dict[str, Any]:
         resp = await self._call("GET", f"{self.inference_url}/v1/models", self.timeouts.management_s)
@@ -266,8 +259,8 @@ class HttpGateway:
     ) -> None:
         await self.book.get(node, version).inference_up(model, args, self.dtype)
 
-    async def health(self, node: NodeConfig, version: MLNodeVersion) -> None:
-        await self.book.get(node, version).health()
+    async def serving(self, node: NodeConfig, version: MLNodeVersion) -> None:
+        await self.book.get(node, version).serving()
 
     async def management_health(self, node: NodeConfig, version: MLNodeVersion) -> None:
         await self.book.get(node, version).management_health()

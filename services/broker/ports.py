@@ -27,7 +27,8 @@ class Gateway(Protocol):
         self, node: NodeConfig, version: MLNodeVersion, model: str, args: tuple[str, ...]
     ) -> None: ...
 
-    async def health(self, node: NodeConfig, version: MLNodeVersion) -> None: ...
+    async def serving(self, node: NodeConfig, version: MLNodeVersion) -> None:
+        """The version's model answers requests (not merely the container is healthy)."""
 
     async def management_health(self, node: NodeConfig, version: MLNodeVersion) -> None: ...
 

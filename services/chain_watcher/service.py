@@ -669,7 +669,9 @@ class ChainWatcher:
         )
 
     def ops_app(self) -> FastAPI:
-        app = FastAPI(title="chain-watcher", docs_url=None, redoc_url=None, openapi_url=None)
+        app = FastAPI(
+            title="chain-watcher", docs_url=None, redoc_url=None, openapi_url=None, strict_content_type=False
+        )
         add_ops_routes(
             app,
             self.metrics,

@@ -16,7 +16,7 @@ __all__ = ["create_http_app"]
 
 
 def create_http_app(service: RegistryService) -> FastAPI:
-    app = FastAPI(title="mlnode-upgrade version-registry")
+    app = FastAPI(title="mlnode-upgrade version-registry", strict_content_type=False)
 
     async def synced() -> bool:
         return service.latest.state.core.initialized

@@ -53,6 +53,7 @@ class FakeMLNodes:
     missing_route: set[tuple[str, MLNodeVersion]] = field(default_factory=set)
     stop_ignored: set[tuple[str, MLNodeVersion]] = field(default_factory=set)  # answers OK, stays up
     forgotten: list[str] = field(default_factory=list)
+    gpu_busy_status: int = 409  # mock_mlnode's setting: the real MLNode answers a bare 500
 
     def running(self, node_id: str, version: MLNodeVersion) -> None:
         self.states[(node_id, version)] = "INFERENCE"
@@ -97,14 +98,14 @@ class FakeMLNodes:
         self._enter(node, version, "up")
         holder = self.gpu.get(node.id)
         if holder is not None and holder != version:
-            raise MLNodeCallError("POST", "up", 409, f"GPU is held by {node.id}@{holder}")
+            raise MLNodeCallError("POST", "up", self.gpu_busy_status, f"GPU is held by {node.id}@{holder}")
         self.gpu[node.id] = version
         self.states[(node.id, version)] = "INFERENCE"
 
-    async def health(self, node: NodeConfig, version: MLNodeVersion) -> None:
+    async def serving(self, node: NodeConfig, version: MLNodeVersion) -> None:
         self._enter(node, version, "health")
         if self.states[(node.id, version)] != "INFERENCE":
-            raise MLNodeCallError("GET", "health", 200, "service_state is STOPPED")
+            raise MLNodeCallError("GET", "v1/models", 503, "No vLLM backend available")
 
     async def management_health(self, node: NodeConfig, version: MLNodeVersion) -> None:
         self._enter(node, version, "mgmt_health")

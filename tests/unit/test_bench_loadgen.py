@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from bench.loadgen import HttpProtocolError, Sample, _read_reply
+from bench.loadgen import HttpProtocolError, Sample, read_reply
 from bench.zero_downtime import phases
 
 
@@ -22,30 +22,30 @@ async def test_reads_a_content_length_reply_and_keeps_the_connection() -> None:
         b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nContent-Length: 2\r\n"
         b"x-mlnode-version: v3.0.8\r\n\r\n{}"
     )
-    reply, keep = await _read_reply(_reader(raw))
+    reply, keep = await read_reply(_reader(raw))
     assert (reply.status, reply.body, reply.headers["x-mlnode-version"], keep) == (200, b"{}", "v3.0.8", True)
 
 
 async def test_reads_a_chunked_reply() -> None:
     raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n"
-    reply, keep = await _read_reply(_reader(raw))
+    reply, keep = await read_reply(_reader(raw))
     assert (reply.body, keep) == (b"abcde", True)
 
 
 async def test_connection_close_is_not_reused() -> None:
     raw = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-    reply, keep = await _read_reply(_reader(raw))
+    reply, keep = await read_reply(_reader(raw))
     assert (reply.status, keep) == (503, False)
 
 
 async def test_a_reply_without_length_reads_to_the_end() -> None:
-    reply, keep = await _read_reply(_reader(b"HTTP/1.0 200 OK\r\n\r\nall of it"))
+    reply, keep = await read_reply(_reader(b"HTTP/1.0 200 OK\r\n\r\nall of it"))
     assert (reply.body, keep) == (b"all of it", False)
 
 
 async def test_garbage_is_a_protocol_error() -> None:
     with pytest.raises(HttpProtocolError):
-        await _read_reply(_reader(b"SSH-2.0-OpenSSH\r\n\r\n"))
+        await read_reply(_reader(b"SSH-2.0-OpenSSH\r\n\r\n"))
 
 
 def test_phases_split_by_send_time_around_the_block() -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from services.broker.models import NodeConfig, NodeSet, PendingStop, PendingStops
 from services.broker.transition import TransitionRecord
 from shared.events import BrokerReadiness, BrokerRefreshed, NodeOutcome, VersionChanged
@@ -158,6 +160,27 @@ async def test_unreachable_old_version_is_reported_kept_pending_and_stopped_once
     assert (await h.store.pending.load()).items == ()
     assert h.metrics.sample("mlnode_upgrade_broker_pending_stops") == 0
     assert h.mlnodes.of("stop", V8) == 0
+
+
+@pytest.mark.parametrize("busy_status", [409, 500])
+async def test_a_busy_gpu_is_not_yet_whether_it_answers_409_or_500(busy_status: int) -> None:
+    """An old version alive but unreachable keeps the GPU: the new one's up fails until it is stopped."""
+    h = await running_on_v6("a")
+    h.mlnodes.gpu_busy_status = busy_status
+    h.mlnodes.unreachable.add(("a", V6))  # its proxy route is gone; the container still holds the GPU
+    await switch(h)
+    (outcome,) = refreshed(h)[0].nodes
+    assert outcome.outcome != "ready" and f"{busy_status}" in outcome.detail
+    assert not h.pool.slots["a"].ready
+
+    h.mlnodes.unreachable.clear()
+    await h.coordinator.retry_pending_stops()
+    await h.coordinator.wait_idle()
+    assert h.mlnodes.states[("a", V6)] == "STOPPED" and "a" not in h.mlnodes.gpu
+    await h.coordinator.heal()
+    await h.coordinator.wait_idle()
+    assert h.mlnodes.states[("a", V8)] == "INFERENCE" and h.mlnodes.gpu["a"] == V8
+    assert h.pool.slots["a"].ready
 
 
 async def test_pending_stop_of_a_version_that_became_current_again_is_dropped_never_sent() -> None:

@@ -30,12 +30,12 @@ def answering(status: int, body: object, seen: list[httpx.Request] | None = None
 async def test_urls_follow_the_real_rule_version_after_the_port_segment_after_it() -> None:
     seen: list[httpx.Request] = []
     n = node("a", poc_segment="/node-a", inference_segment="/inf")
-    client = book(answering(200, {"state": "INFERENCE", "status": "healthy"}, seen)).get(n, V8)
+    client = book(answering(200, {"state": "INFERENCE", "data": [{"id": MODEL}]}, seen)).get(n, V8)
     assert await client.state() == "INFERENCE"
-    await client.health()
+    await client.serving()
     assert [str(r.url) for r in seen] == [
         "http://mlnode.local:8080/v3.0.8/node-a/api/v1/state",
-        "http://mlnode.local:5000/v3.0.8/inf/health",
+        "http://mlnode.local:5000/v3.0.8/inf/v1/models",
     ]
 
 
@@ -85,32 +85,30 @@ async def test_state_must_be_a_json_object_with_a_state() -> None:
 
 
 @pytest.mark.parametrize(
-    ("body", "problem"),
+    ("status", "body", "problem"),
     [
-        ({"status": "healthy", "service_state": "STOPPED"}, "service_state is STOPPED"),
-        ({"status": "unhealthy"}, "unhealthy"),
-        ({"service_state": "INFERENCE", "managers": {"inference": {"healthy": False}}}, "not healthy yet"),
+        (503, {"detail": "No vLLM backend available"}, "503"),  # the real proxy while loading
+        (502, {"detail": "Bad gateway"}, "502"),  # nginx when nothing listens on port 5000
+        (200, {"object": "list", "data": []}, "no model is loaded"),
     ],
 )
-async def test_a_200_health_that_says_not_serving_is_not_healthy(body: object, problem: str) -> None:
+async def test_not_serving_until_the_models_route_lists_a_model(
+    status: int, body: object, problem: str
+) -> None:
     with pytest.raises(MLNodeCallError, match=problem):
-        await book(answering(200, body)).get(node("a"), V8).health()
+        await book(answering(status, body)).get(node("a"), V8).serving()
 
 
-async def test_healthy_answers() -> None:
-    ok = {"status": "healthy", "service_state": "INFERENCE", "managers": {"inference": {"healthy": True}}}
-    await book(answering(200, ok)).get(node("a"), V8).health()
-
-    def vllm(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200)  # vLLM's /health has no body
-
-    await book(vllm).get(node("a"), V8).health()
+async def test_serving_and_management_health_answers() -> None:
+    await book(answering(200, {"object": "list", "data": [{"id": MODEL}]})).get(node("a"), V8).serving()
     # Management health only cares that the container is alive: STOPPED is fine before the switch.
     await (
         book(answering(200, {"status": "healthy", "service_state": "STOPPED"}))
         .get(node("a"), V8)
         .management_health()
     )
+    with pytest.raises(MLNodeCallError, match="unhealthy"):
+        await book(answering(200, {"status": "unhealthy"})).get(node("a"), V8).management_health()
 
 
 async def test_client_is_rebuilt_when_the_admin_changes_the_address() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any
 
 import pytest
@@ -11,11 +12,13 @@ from mock_chain import bech32
 from mock_chain.gov import (
     BECH32_PREFIX,
     GOV_MODULE_ADDRESS,
+    MIN_DEPOSIT,
     MSG_CREATE_PARTIAL_UPGRADE,
     MsgCreatePartialUpgrade,
     ProposalRejected,
     parse_proposal,
 )
+from shared.coins import Coin, parse_coins
 from tests.unit.test_mock_chain_chain import proposal
 
 
@@ -82,8 +85,8 @@ def _message(**fields: Any) -> dict[str, Any]:
         (_message(height=str(2**63)), "beyond any block height"),
         ({**proposal((100, "v3.0.9")), "title": ""}, "title cannot be empty"),
         ({**proposal((100, "v3.0.9")), "summary": " "}, "summary cannot be empty"),
-        ({**proposal((100, "v3.0.9")), "deposit": ""}, "deposit is required"),
-        ({**proposal((100, "v3.0.9")), "deposit": "10"}, "invalid deposit coin"),
+        ({**proposal((100, "v3.0.9")), "deposit": ""}, "invalid deposit: no coins given"),
+        ({**proposal((100, "v3.0.9")), "deposit": "10"}, "invalid deposit: '10' is not <amount><denom>"),
         ({**proposal((100, "v3.0.9")), "deposit": "0ngonka"}, "must be positive"),
         ({**proposal((100, "v3.0.9")), "metadata": "x" * 256}, "metadata too long"),
         ({**proposal((100, "v3.0.9")), "expedited": "yes"}, "expedited must be true or false"),
@@ -92,3 +95,30 @@ def _message(**fields: Any) -> dict[str, Any]:
 def test_refused_with_a_reason(doc: Any, reason: str) -> None:
     with pytest.raises(ProposalRejected, match=reason.replace("(", r"\(")):
         parse_proposal(doc)
+
+
+def test_deposits_are_coins_in_the_accepted_denomination() -> None:
+    assert parse_coins("5ngonka, 7uatom") == (Coin("ngonka", 5), Coin("uatom", 7))  # sorted by denom
+    assert [str(c) for c in MIN_DEPOSIT] == ["1ngonka"]
+    assert parse_proposal({**proposal((100, "v3.0.9")), "deposit": "1ngonka"}).deposit == "1ngonka"
+    with pytest.raises(ProposalRejected, match="duplicate denomination ngonka"):
+        parse_proposal({**proposal((100, "v3.0.9")), "deposit": "1ngonka,2ngonka"})
+    refusal = (
+        "deposited 100stake, but gov accepts only the following denom(s): [ngonka]: invalid deposit denom"
+    )
+    with pytest.raises(ProposalRejected, match=re.escape(refusal)):
+        parse_proposal({**proposal((100, "v3.0.9")), "deposit": "100stake"})
+
+
+def test_a_deposit_below_the_minimum_is_refused_for_want_of_a_deposit_period() -> None:
+    real = (Coin("ngonka", 25_000_000),)
+    expedited = (Coin("ngonka", 50_000_000),)
+    below = {**proposal((100, "v3.0.9")), "deposit": "10000000ngonka"}
+    with pytest.raises(ProposalRejected, match="below min_deposit 25000000ngonka: the real chain would keep"):
+        parse_proposal(below, min_deposit=real, expedited_min_deposit=expedited)
+    enough = {**below, "deposit": "25000000ngonka"}
+    assert (
+        parse_proposal(enough, min_deposit=real, expedited_min_deposit=expedited).deposit == "25000000ngonka"
+    )
+    with pytest.raises(ProposalRejected, match="below expedited_min_deposit 50000000ngonka"):
+        parse_proposal({**enough, "expedited": True}, min_deposit=real, expedited_min_deposit=expedited)

@@ -1,10 +1,11 @@
-"""Cosmos pagination semantics: key or offset, default limit 100, next_key, count_total, reverse."""
+"""Cosmos pagination semantics (cosmos-sdk v0.50-v0.53 `CollectionPaginate`): key or offset,
+default limit 100 with count_total, next_key, count_total, an offset past the end, reverse."""
 
 from __future__ import annotations
 
 import pytest
 
-from mock_chain.pagination import DEFAULT_LIMIT, PaginationError, paginate, uint64_key
+from mock_chain.pagination import DEFAULT_LIMIT, Page, PaginationError, paginate, uint64_key
 
 ENTRIES = [(uint64_key(h), h) for h in range(1, 251)]
 
@@ -42,8 +43,33 @@ def test_last_page_has_an_empty_next_key() -> None:
 
 def test_count_total_only_for_offset_queries() -> None:
     assert paginate(ENTRIES, limit=5, count_total=True).total == 250
+    assert paginate(ENTRIES, offset=10, limit=5, count_total=True).total == 250  # offset + the rest
     assert paginate(ENTRIES, key=uint64_key(3), limit=5, count_total=True).total == 0
     assert paginate(ENTRIES, limit=5).total == 0
+
+
+def test_no_limit_means_100_and_count_total() -> None:
+    """`initPageRequestDefaults`: limit 0 (no `pagination` at all, as the dapi asks) counts the total."""
+    page = paginate(ENTRIES)
+    assert len(page.items) == DEFAULT_LIMIT and page.total == 250 and page.next_key == uint64_key(101)
+    assert paginate(ENTRIES, offset=200).total == 250
+    # ... except on the key path, which never counts.
+    assert paginate(ENTRIES, key=uint64_key(101)).total == 0
+
+
+def test_an_offset_past_the_end_is_an_empty_page_not_an_error() -> None:
+    """advanceIter runs off the end: `new(PageResponse)`, i.e. no items, no next_key, total 0."""
+    assert paginate(ENTRIES, offset=251, limit=10, count_total=True) == Page(items=(), next_key=b"", total=0)
+    assert paginate(ENTRIES, offset=10_000) == Page(items=(), next_key=b"", total=0)
+    assert paginate([], offset=1) == Page(items=(), next_key=b"", total=0)
+    # Exactly at the end the iterator is still valid: an empty page that still counts.
+    assert paginate(ENTRIES, offset=250, limit=10, count_total=True) == Page(
+        items=(), next_key=b"", total=250
+    )
+
+
+def test_a_key_past_the_end_is_an_empty_last_page() -> None:
+    assert paginate(ENTRIES, key=uint64_key(999), limit=10) == Page(items=(), next_key=b"", total=0)
 
 
 def test_reverse() -> None:

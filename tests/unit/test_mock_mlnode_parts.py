@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-from mock_mlnode.completions import chat_completion, sse_chunks, tokenize
+from mock_mlnode.completions import ChatRequest, Generation, chat_completion, sse_chunks, tokenize
 from mock_mlnode.faults import FaultAction, FaultBook, FaultRule
 from mock_mlnode.gpu_lock import FileGpuLock, lock_path_for
 from mock_mlnode.request_log import RequestLog
@@ -104,10 +106,43 @@ def test_gpu_file_lock_excludes_a_second_holder(tmp_path: Path) -> None:
     b.release()
 
 
+def _plan(**request: Any) -> Generation:
+    body = ChatRequest.model_validate({"messages": [{"role": "user", "content": "hi there"}], **request})
+    return Generation.plan(body, "m", "v3.0.8", "node-1", chunks=5)
+
+
 def test_completions_name_the_version() -> None:
-    body = chat_completion("m", "v3.0.8", "node-1", chunks=5)
+    body = chat_completion(_plan())
     assert body["choices"][0]["message"]["content"].startswith("[v3.0.8] node-1 model=m")
-    events = list(sse_chunks("m", "v3.0.8", "node-1", chunks=5))
+    assert body["choices"][0]["logprobs"] is None  # not asked for
+    assert body["usage"] == {"prompt_tokens": 2, "completion_tokens": 5, "total_tokens": 7}
+    events = list(sse_chunks(_plan(stream=True)))
     assert len(events) == 5 + 3 and events[-1] == b"data: [DONE]\n\n"
     assert all(e.startswith(b"data: ") and e.endswith(b"\n\n") for e in events)
     assert tokenize("a b", 10) == tokenize("a b", 10)
+
+
+def test_logprobs_as_the_api_node_asks_for_them() -> None:
+    """The real API node always sends logprobs=true and top_logprobs=5."""
+    gen = _plan(logprobs=True, top_logprobs=5, seed=7)
+    content = chat_completion(gen)["choices"][0]["logprobs"]["content"]
+    assert [c["token"] for c in content] == list(gen.tokens) and len(content) == 5
+    assert all(len(c["top_logprobs"]) == 5 and c["top_logprobs"][0]["token"] == c["token"] for c in content)
+    assert all(c["bytes"] == list(c["token"].encode()) and c["logprob"] <= 0 for c in content)
+    assert chat_completion(_plan(logprobs=True, top_logprobs=5, seed=7))["choices"][0]["logprobs"] == {
+        "content": content
+    }  # deterministic: a validator re-running it gets the same numbers
+
+
+def test_stream_with_include_usage_ends_with_a_usage_chunk() -> None:
+    gen = _plan(stream=True, logprobs=True, top_logprobs=5, stream_options={"include_usage": True})
+    docs = [json.loads(e[len(b"data: ") :]) for e in list(sse_chunks(gen))[:-1]]
+    assert docs[-1]["choices"] == [] and docs[-1]["usage"]["completion_tokens"] == 5
+    pieces = [d for d in docs if d["choices"] and d["choices"][0]["delta"].get("content")]
+    assert all(len(p["choices"][0]["logprobs"]["content"]) == 1 for p in pieces) and len(pieces) == 5
+    assert docs[-2]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_max_tokens_cuts_the_answer() -> None:
+    body = chat_completion(_plan(max_tokens=2))
+    assert body["usage"]["completion_tokens"] == 2 and body["choices"][0]["finish_reason"] == "length"

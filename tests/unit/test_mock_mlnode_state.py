@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from mock_mlnode.gpu_devices import device
 from mock_mlnode.state import (
     BadRequest,
     Conflict,
@@ -59,13 +60,14 @@ def test_inference_loads_then_serves() -> None:
     old, _ = pair()
     gen = old.begin_inference("m", now=10.0)
     assert old.state is ServiceState.INFERENCE and old.inference is InferenceStatus.STARTING
-    assert not old.ready
+    assert old.healthy  # the real /health says healthy while a model loads
+    assert old.startup_status(now=11.0)["status"] == "in_progress"
     with pytest.raises(NotReady):
         old.require_model()
     assert old.finish_inference(gen)
-    assert old.require_model() == "m" and old.ready
+    assert old.require_model() == "m" and old.healthy
     assert old.startup_status(now=12.5) == {
-        "status": "running",
+        "status": "completed",
         "is_starting": False,
         "is_running": True,
         "elapsed_seconds": 2.5,
@@ -79,6 +81,10 @@ def test_stop_overtakes_a_load_in_progress() -> None:
     assert not old.finish_inference(gen)
     assert old.state is ServiceState.STOPPED and old.loaded_model is None
     assert not old.gpu.held
+    assert old.startup_status(now=1)["status"] == "cancelled"
+    old.finish_inference(old.begin_inference("m", now=2))
+    old.stop()
+    assert old.startup_status(now=3)["status"] == "not_started"
 
 
 def test_stop_bumps_the_generation_so_in_flight_work_notices() -> None:
@@ -136,9 +142,10 @@ def test_pow_phases() -> None:
     old.pow_phase(PowStatus.VALIDATING)
     old.pow_validate()
     assert old.pow_status() == {"status": "VALIDATING", "is_model_initialized": True} and old.pow_batches == 1
-    old.pow_stop()
-    assert old.pow_status() == {"status": "STOPPED", "is_model_initialized": False}
+    assert old.pow_stop()
+    assert old.pow_status() == {"status": "NOT_LOADED"}  # the controller is gone, as on the real node
     assert old.state is ServiceState.STOPPED
+    assert not old.pow_stop()  # not running: the route answers OK with a message
 
 
 def test_train_start_stop() -> None:
@@ -156,6 +163,10 @@ def test_train_start_stop() -> None:
 def test_health_names_the_gpu_holder() -> None:
     old, new = pair()
     old.begin_inference("m", now=0)
-    health = new.health()
+    health = new.health(device(new.gpu, "GPU", 1000))
     assert health["gpu"]["devices"][0]["holder"] == "n@v3.0.6"
-    assert old.health()["managers"]["inference"] == {"running": True, "healthy": False}
+    assert health["gpu"]["devices"][0]["used_memory_mb"] > 0  # the other version holds it
+    assert set(health["gpu"]["devices"][0]) >= {"index", "name", "is_available", "total_memory_mb"}
+    loading = old.health(device(old.gpu, "GPU", 1000))
+    assert loading["status"] == "healthy"
+    assert loading["managers"]["inference"] == {"running": True, "healthy": True}
