@@ -34,7 +34,7 @@ chaos: setup
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy shared cli proto/generate.py mock_mlnode mock_chain services bench
+	$(BIN)/mypy shared devtools cli proto/generate.py mock_mlnode mock_chain services bench
 
 proto: $(STAMP)
 	$(BIN)/python -m proto.generate

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+
+from shared.timestamps import parse_rfc3339 as read_rfc3339
 
 __all__ = [
     "parse_log_ts",
@@ -94,15 +95,10 @@ def step_rates(start: float, factor: float, limit: float) -> list[float]:
 
 def parse_rfc3339(stamp: str) -> float:
     """Epoch seconds of an RFC 3339 time with up to nanoseconds (CometBFT block times)."""
-    main, _, rest = stamp.rstrip("Z").partition(".")
-    offset = ""
-    for sign in ("+", "-"):
-        if sign in rest:
-            rest, _, tz = rest.partition(sign)
-            offset = f"{sign}{tz}"
-            break
-    fraction = (rest[:6] if rest else "0").ljust(6, "0")
-    return datetime.fromisoformat(f"{main}.{fraction}{offset or '+00:00'}").timestamp()
+    value = read_rfc3339(stamp)  # a time without a zone is UTC
+    if value is None:
+        raise ValueError(f"{stamp!r} is not an RFC 3339 time")
+    return value.timestamp()
 
 
 def parse_log_ts(stamp: str) -> float:

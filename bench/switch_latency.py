@@ -107,7 +107,7 @@ async def _peak_rss(stack: BenchStack, peak: dict[str, float]) -> None:
 
 async def _switch(stack: BenchStack, nodes: int, target: str, limit_s: float) -> UpgradeRecord:
     """One upgrade to `target`, timed against the block's header time."""
-    broker_log = LogTail(stack.procs.procs["broker"].log_path)
+    broker_log = LogTail(stack.procs.log_path("broker"))
     await stack.clear_mock_requests()
     height = await stack.schedule(target)
     broker_log.new_lines()  # only lines from the switch on

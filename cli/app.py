@@ -13,7 +13,7 @@ from cli.deploy_files import stale_files, write_all, write_secrets
 from cli.ops import Endpoints, OpsError, add_node, list_nodes, remove_node, rollback, show_status
 from cli.propose import propose
 from cli.stack import StackConfig
-from shared.event_docs import stale_docs, write_docs
+from devtools.event_docs import stale_docs, write_docs
 
 DEV_RUN_DIR = Path("var/dev")
 
@@ -177,7 +177,7 @@ def deploy_nginx(
     ),
 ) -> None:
     """Print the side-by-side nginx config for your versions."""
-    from shared.nginx_config import ProxyServer, VersionUpstream, render_nginx_conf
+    from devtools.nginx_config import ProxyServer, VersionUpstream, render_nginx_conf
 
     try:
         ups = []

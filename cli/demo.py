@@ -9,11 +9,13 @@ serves the new version, the old version is stopped on every node, and no request
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import shutil
 import time
 from collections import Counter, deque
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,8 @@ from rich.table import Table
 
 from cli.propose import build_proposal
 from cli.stack import LocalStack, StackConfig, StackInfo
+from shared.chain_status import parse_status_reply
+from shared.timestamps import rfc3339
 
 __all__ = ["DemoSummary", "run_demo"]
 
@@ -125,7 +129,7 @@ async def _json(client: httpx.AsyncClient, url: str) -> Any:
 async def _height(client: httpx.AsyncClient, info: StackInfo) -> int:
     status = await _json(client, f"{info.chain_rpc_url}/status")
     try:
-        return int(status["result"]["sync_info"]["latest_block_height"])
+        return parse_status_reply(status).height
     except (TypeError, KeyError, ValueError):
         return 0
 
@@ -177,33 +181,62 @@ async def _block_time(client: httpx.AsyncClient, info: StackInfo, height: int) -
         stamp = block["result"]["block"]["header"]["time"]
     except (TypeError, KeyError):
         return None
-    # RFC 3339 with nanoseconds; Python takes microseconds.
-    main, _, rest = stamp.rstrip("Z").partition(".")
-    frac = (rest[:6] if rest else "0").ljust(6, "0")
-    return datetime.fromisoformat(f"{main}.{frac}+00:00").timestamp()
+    return rfc3339(stamp).timestamp()
 
 
-async def drive(
-    info: StackInfo, *, rps: float, lead_blocks: int, console: Console, live: bool, timeout_s: float = 120.0
-) -> DemoSummary:
-    problems: list[str] = []
-    old, new = info.old_version, info.new_version
-    nodes = len(info.proxies)
-    stats = LoadStats()
-    async with httpx.AsyncClient() as client:
-        # 1. Every node serves the old version.
-        deadline = time.monotonic() + timeout_s
-        while not _all_serving(await _json(client, f"{info.broker_url}/upgrade/status"), old, nodes):
+@contextlib.asynccontextmanager
+async def _steady_load(broker: str, rps: float, stats: LoadStats) -> AsyncIterator[None]:
+    """`rps` requests/s through the broker while the block runs; on leaving, in-flight ones finish."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(_load(broker, rps, stop, stats))
+    try:
+        yield
+    except BaseException:
+        task.cancel()  # the demo failed: its load's answers no longer matter
+        raise
+    stop.set()
+    await task
+
+
+@dataclass
+class _NodeOutcomes:
+    """Per node, after the switch: is the old version stopped (and how often asked), the new serving."""
+
+    stopped: dict[str, bool] = field(default_factory=dict)
+    stop_calls: dict[str, int] = field(default_factory=dict)
+    serving: dict[str, bool] = field(default_factory=dict)
+
+
+@dataclass
+class _DemoRun:
+    """One drive of the demo: its steps, in order, share the stack, a client, the load and the problems."""
+
+    info: StackInfo
+    client: httpx.AsyncClient
+    console: Console
+    live: bool
+    timeout_s: float
+    stats: LoadStats = field(default_factory=LoadStats)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def nodes(self) -> int:
+        return len(self.info.proxies)
+
+    async def wait_until_serving(self, version: str) -> None:
+        """Step 1: every node serves `version` (the stack came up), or the demo cannot start."""
+        deadline = time.monotonic() + self.timeout_s
+        status_url = f"{self.info.broker_url}/upgrade/status"
+        while not _all_serving(await _json(self.client, status_url), version, self.nodes):
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the nodes did not come up on {old} within {timeout_s}s")
+                raise RuntimeError(f"the nodes did not come up on {version} within {self.timeout_s}s")
             await asyncio.sleep(0.2)  # polling the stack's state with a deadline
-        console.print(f"[green]every node serves {old}[/]; sending {rps:g} requests/s through the broker")
 
-        stop_load = asyncio.Event()
-        load = asyncio.create_task(_load(info.broker_url, rps, stop_load, stats))
-
-        # 2. Propose the new version a few blocks after the voting period.
-        target = await _height(client, info) + info.voting_period_blocks + lead_blocks
+    async def propose(self, lead_blocks: int) -> int:
+        """Step 2: propose the new version `lead_blocks` after the voting period; the plan's height."""
+        info = self.info
+        new = info.new_version
+        target = await _height(self.client, info) + info.voting_period_blocks + lead_blocks
         proposal = build_proposal(
             height=target,
             node_version=new,
@@ -211,85 +244,124 @@ async def drive(
             summary="demo",
             deposit="10000000ngonka",
         )
-        r = await client.post(f"{info.chain_rpc_url}/gov/proposals", json=proposal)
+        r = await self.client.post(f"{info.chain_rpc_url}/gov/proposals", json=proposal)
         if r.status_code != 200:
             raise RuntimeError(f"mock_chain refused the proposal: {r.text}")
-        console.print(f"proposed {new} at height {target} (voting period {info.voting_period_blocks} blocks)")
+        self.console.print(
+            f"proposed {new} at height {target} (voting period {info.voting_period_blocks} blocks)"
+        )
+        return target
 
-        # 3. Watch until every node serves the new version and the registry recorded it.
+    async def watch_switch(self, target: int) -> float | None:
+        """Step 3: show the switch until every node serves the new version and the registry recorded
+        it; the wall-clock time every node was ready (None if it never was)."""
+        info, client, new = self.info, self.client, self.info.new_version
         ready_at: float | None = None
         blocks_left = target - await _height(client, info)
-        deadline = time.monotonic() + timeout_s + blocks_left * info.block_time_s * 2
-        with Live(console=console, refresh_per_second=4, transient=False, auto_refresh=live) as view:
+        deadline = time.monotonic() + self.timeout_s + blocks_left * info.block_time_s * 2
+        with Live(
+            console=self.console, refresh_per_second=4, transient=False, auto_refresh=self.live
+        ) as view:
             while True:
                 height = await _height(client, info)
                 registry = await _json(client, f"{info.registry_url}/state")
                 broker = await _json(client, f"{info.broker_url}/upgrade/status")
-                if live:
-                    view.update(_view(info, height, target, registry, broker, stats))
-                if ready_at is None and _all_serving(broker, new, nodes):
+                if self.live:
+                    view.update(_view(info, height, target, registry, broker, self.stats))
+                if ready_at is None and _all_serving(broker, new, self.nodes):
                     ready_at = time.time()
                 if ready_at is not None and registry and registry.get("last_used_version") == new:
                     break
                 if time.monotonic() > deadline:
-                    problems.append(f"not every node served {new} within {timeout_s}s of the proposal")
+                    self.problems.append(
+                        f"not every node served {new} within {self.timeout_s}s of the proposal"
+                    )
                     break
                 await asyncio.sleep(0.1)  # display refresh and state polling
-            if not live:
-                view.update(_view(info, await _height(client, info), target, registry, broker, stats))
-        # Keep the load on a little after the switch, then let in-flight requests finish.
-        await asyncio.sleep(2.0)
-        stop_load.set()
-        await load
+            if not self.live:
+                view.update(_view(info, await _height(client, info), target, registry, broker, self.stats))
+        return ready_at
 
-        # 4. Check the result.
-        history = await _json(client, f"{info.registry_url}/history")
+    async def switch_height(self, target: int) -> int | None:
+        """Step 4a: the height the registry recorded for the switch to the new version."""
+        history = await _json(self.client, f"{self.info.registry_url}/history")
+        new = self.info.new_version
         switches = [t for t in (history or {}).get("transitions", []) if t.get("current") == new]
-        switch_height = switches[-1]["height"] if switches else None
-        if switch_height != target:
-            problems.append(f"the switch happened at height {switch_height}, the plan said {target}")
+        height: int | None = switches[-1]["height"] if switches else None
+        if height != target:
+            self.problems.append(f"the switch happened at height {height}, the plan said {target}")
+        return height
+
+    async def node_outcomes(self) -> _NodeOutcomes:
+        """Step 4b: on every node, the old version STOPPED (and the stops it got), the new serving."""
+        old, new = self.info.old_version, self.info.new_version
+        out = _NodeOutcomes()
+        for node, urls in self.info.mlnodes.items():
+            old_state = await _json(self.client, f"{urls[old]}/api/v1/state")
+            new_state = await _json(self.client, f"{urls[new]}/api/v1/state")
+            stops = await _json(self.client, f"{urls[old]}/mock/requests?route=/api/v1/stop&method=POST")
+            out.stopped[node] = (old_state or {}).get("state") == "STOPPED"
+            out.serving[node] = (new_state or {}).get("state") == "INFERENCE"
+            out.stop_calls[node] = len((stops or {}).get("requests", []))
+            if not out.stopped[node]:
+                self.problems.append(f"{node}: {old} is {old_state}, not STOPPED")
+            if not out.serving[node]:
+                self.problems.append(f"{node}: {new} is {new_state}, not serving")
+        return out
+
+    def load_problems(self) -> None:
+        """Step 4c: no request failed, and the new version served some."""
+        if self.stats.failures:
+            self.problems.append(f"{len(self.stats.failures)} requests failed")
+        if not self.stats.ok_by_version.get(self.info.new_version):
+            self.problems.append(f"no request was served by {self.info.new_version}")
+
+    def summary(
+        self, target: int, switch_height: int | None, block_to_ready: float | None, nodes: _NodeOutcomes
+    ) -> DemoSummary:
+        stats = self.stats
+        return DemoSummary(
+            ok=not self.problems,
+            old_version=self.info.old_version,
+            new_version=self.info.new_version,
+            plan_height=target,
+            switch_height=switch_height,
+            switched_at_plan_height=switch_height == target,
+            block_to_all_ready_s=block_to_ready,
+            requests_sent=stats.sent,
+            requests_by_version=dict(stats.ok_by_version),
+            failed_requests=len(stats.failures),
+            failures=stats.failures[:20],
+            latency_p50_ms=_percentile(stats.latencies_ms, 0.50),
+            latency_p99_ms=_percentile(stats.latencies_ms, 0.99),
+            old_version_stopped=nodes.stopped,
+            old_version_stop_calls=nodes.stop_calls,
+            new_version_serving=nodes.serving,
+            problems=self.problems,
+            run_dir=self.info.run_dir,
+        )
+
+
+async def drive(
+    info: StackInfo, *, rps: float, lead_blocks: int, console: Console, live: bool, timeout_s: float = 120.0
+) -> DemoSummary:
+    """The demo's steps: old version up, load on, propose, watch the switch, load off, check."""
+    async with httpx.AsyncClient() as client:
+        run = _DemoRun(info, client, console, live, timeout_s)
+        await run.wait_until_serving(info.old_version)
+        console.print(
+            f"[green]every node serves {info.old_version}[/]; sending {rps:g} requests/s through the broker"
+        )
+        async with _steady_load(info.broker_url, rps, run.stats):
+            target = await run.propose(lead_blocks)
+            ready_at = await run.watch_switch(target)
+            await asyncio.sleep(2.0)  # keep the load on a little after the switch
+        switch_height = await run.switch_height(target)
         block_at = await _block_time(client, info, target)
         block_to_ready = round(ready_at - block_at, 3) if ready_at and block_at else None
-
-        stopped: dict[str, bool] = {}
-        stop_calls: dict[str, int] = {}
-        serving: dict[str, bool] = {}
-        for node, urls in info.mlnodes.items():
-            old_state = await _json(client, f"{urls[old]}/api/v1/state")
-            new_state = await _json(client, f"{urls[new]}/api/v1/state")
-            stops = await _json(client, f"{urls[old]}/mock/requests?route=/api/v1/stop&method=POST")
-            stopped[node] = (old_state or {}).get("state") == "STOPPED"
-            serving[node] = (new_state or {}).get("state") == "INFERENCE"
-            stop_calls[node] = len((stops or {}).get("requests", []))
-            if not stopped[node]:
-                problems.append(f"{node}: {old} is {old_state}, not STOPPED")
-            if not serving[node]:
-                problems.append(f"{node}: {new} is {new_state}, not serving")
-        if stats.failures:
-            problems.append(f"{len(stats.failures)} requests failed")
-        if not stats.ok_by_version.get(new):
-            problems.append(f"no request was served by {new}")
-
-    return DemoSummary(
-        ok=not problems,
-        old_version=old,
-        new_version=new,
-        plan_height=target,
-        switch_height=switch_height,
-        switched_at_plan_height=switch_height == target,
-        block_to_all_ready_s=block_to_ready,
-        requests_sent=stats.sent,
-        requests_by_version=dict(stats.ok_by_version),
-        failed_requests=len(stats.failures),
-        failures=stats.failures[:20],
-        latency_p50_ms=_percentile(stats.latencies_ms, 0.50),
-        latency_p99_ms=_percentile(stats.latencies_ms, 0.99),
-        old_version_stopped=stopped,
-        old_version_stop_calls=stop_calls,
-        new_version_serving=serving,
-        problems=problems,
-        run_dir=info.run_dir,
-    )
+        nodes = await run.node_outcomes()
+        run.load_problems()
+    return run.summary(target, switch_height, block_to_ready, nodes)
 
 
 def print_summary(summary: DemoSummary, console: Console) -> None:
@@ -314,8 +386,34 @@ def print_summary(summary: DemoSummary, console: Console) -> None:
     console.print("[green]upgrade OK[/]" if summary.ok else "[red]upgrade FAILED[/]")
 
 
+# What a demo run leaves in its directory; anything else there means it is not a demo's.
+DEMO_ENTRIES = frozenset(
+    {"gpu", "logs", "nats", "nginx", "nodes.json", "secrets", "summary.json", "stack.json"}
+)
+
+
+class RunDirInUse(RuntimeError):
+    """The run directory holds files a demo did not write: refused rather than wiped."""
+
+
+def fresh_run_dir(run_dir: Path) -> None:
+    """Every demo starts from nothing: the last run's NATS state would seed the broker with the
+    previous run's node addresses (nodes are seeded from the file only once), and its nodes would
+    never come up. Only a directory that holds nothing but a demo's own files is wiped."""
+    if not run_dir.exists():
+        return
+    foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in DEMO_ENTRIES)
+    if foreign:
+        raise RunDirInUse(
+            f"{run_dir} holds files a demo did not write ({', '.join(foreign[:5])}); "
+            "pass --run-dir with an empty or a demo's directory"
+        )
+    shutil.rmtree(run_dir)
+
+
 def run_demo(config: StackConfig, *, out: Path, rps: float, lead_blocks: int, live: bool) -> int:
     console = Console()
+    fresh_run_dir(Path(config.run_dir))
     deaths: list[str] = []
     stack = LocalStack(config, on_exit=lambda e: deaths.append(f"{e.name} exited with {e.returncode}"))
     console.print(f"starting the local stack in {config.run_dir} ...")

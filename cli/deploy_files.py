@@ -12,10 +12,10 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.generated_files import stale_files as stale_generated
-from shared.generated_files import write_files
+from devtools.generated_files import stale_files as stale_generated
+from devtools.generated_files import write_files
+from devtools.nginx_config import ProxyServer, VersionUpstream, render_nginx_conf
 from shared.nats_config import NatsUser, render_password_include, render_server_config, user_names
-from shared.nginx_config import ProxyServer, VersionUpstream, render_nginx_conf
 from shared.versions import parse_version
 
 __all__ = [

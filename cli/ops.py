@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,8 @@ from rich.console import Console
 from rich.table import Table
 
 from cli.stack import StackInfo
+from shared.chain_status import parse_status_reply
+from shared.timestamps import rfc3339
 
 __all__ = ["Endpoints", "OpsError", "add_node", "list_nodes", "remove_node", "rollback", "show_status"]
 
@@ -79,16 +80,12 @@ def _block_time_s(rpc_url: str, height: int, span: int = 10) -> float | None:
     except (OpsError, KeyError, TypeError):
         return None
 
-    def parse(stamp: str) -> float:
-        main, _, frac = stamp.rstrip("Z").partition(".")
-        return datetime.fromisoformat(f"{main}.{(frac or '0')[:6].ljust(6, '0')}+00:00").timestamp()
-
-    return (parse(new) - parse(old)) / span
+    return (rfc3339(new).timestamp() - rfc3339(old).timestamp()) / span
 
 
 def show_status(endpoints: Endpoints, console: Console, as_json: bool = False) -> dict[str, Any]:
     registry = _get(f"{endpoints.registry_url}/state")
-    height = int(_get(f"{endpoints.rpc_url}/status")["result"]["sync_info"]["latest_block_height"])
+    height = parse_status_reply(_get(f"{endpoints.rpc_url}/status")).height
     broker = _get(f"{endpoints.broker_url}/upgrade/status")
     readiness = _get(f"{endpoints.broker_url}/upgrade/readiness")
     block_time = _block_time_s(endpoints.rpc_url, height)

@@ -35,7 +35,9 @@ import typer
 from google.protobuf.message import DecodeError
 
 from proto.cosmos.gov.v1 import gov_pb2, query_pb2
+from shared.chain_status import parse_status
 from shared.coins import Coin, InvalidCoins, below, coins_text, foreign_denoms, parse_coins
+from shared.timestamps import rfc3339
 from shared.versions import InvalidVersionError, parse_version
 
 __all__ = [
@@ -332,22 +334,15 @@ def _rpc_result(client: httpx.Client, base: str, route: str, params: dict[str, s
     return body["result"]
 
 
-def _time(text: Any) -> datetime:
-    value = datetime.fromisoformat(str(text))
-    if value.tzinfo is None:
-        raise ValueError(f"block time {text!r} has no time zone")
-    return value
-
-
 def read_status(client: httpx.Client, base: str) -> tuple[int, datetime, int]:
     """`/status`: latest height, latest block time, earliest height kept; a syncing node is refused."""
     result = _rpc_result(client, base, "status")
     try:
-        sync = result["sync_info"]
-        latest = int(sync["latest_block_height"])
-        latest_time = _time(sync["latest_block_time"])
-        earliest = int(sync.get("earliest_block_height") or 1)
-        catching_up = bool(sync.get("catching_up", False))
+        status = parse_status(result)
+        latest, earliest, catching_up = status.height, status.earliest_height or 1, status.catching_up
+        latest_time = status.latest_time
+        if latest_time is None:
+            raise ValueError("sync_info.latest_block_time is not an RFC 3339 time with a zone")
     except (KeyError, TypeError, ValueError) as exc:
         raise ChainReadError(f"unexpected /status answer from {base}: {exc!r}") from None
     if catching_up:
@@ -366,7 +361,7 @@ def read_block_time(
         raise ChainReadError(f"{base} has no earlier block than {latest} to measure the block time with")
     result = _rpc_result(client, base, "block", {"height": str(oldest)})
     try:
-        oldest_time = _time(result["block"]["header"]["time"])
+        oldest_time = rfc3339(result["block"]["header"]["time"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ChainReadError(f"unexpected /block answer from {base}: {exc!r}") from None
     span = (latest_time - oldest_time).total_seconds()
@@ -476,7 +471,6 @@ def propose(
         f"Switch every MLNode to {node_version} at block {height} (a partial upgrade; old and new "
         "containers run side by side until then)."
     )
-    mock_decides = False  # --submit alone: the mock chain applies its own block-count rule
     try:
         proposal = build_proposal(
             height=height,
@@ -491,37 +485,72 @@ def propose(
         )
         parse_deposit(deposit)
         warnings = check_api_binaries_json(api_binaries_json, node_version)
-        gov: GovParams | None = None
-        block_time: BlockTime | None = None
-        with _http_client() as client:
-            try:
-                if rpc:
-                    chain = read_chain(client, rpc, need_block_time=voting_period_blocks is None)
-                    gov, block_time = chain.gov, chain.block_time
-                    current_height = chain.height if current_height is None else current_height
-                elif submit:
-                    if current_height is None:
-                        current_height = read_status(client, submit)[0]
-                    if voting_period_blocks is None:
-                        voting_period_blocks = _mock_voting_period(client, submit)
-                        mock_decides = voting_period_blocks is not None
-            except ChainReadError as exc:
-                if not force:
-                    raise _fail(
-                        f"{exc}. Nothing is checked without it: fix --rpc, or pass --force", 1
-                    ) from None
-                warnings.append(f"{exc}: not checked against the chain (--force)")
+        known = _what_the_chain_says(rpc, submit, current_height, voting_period_blocks, force=force)
+        warnings += known.warnings
         assessment = assess(
             height=height,
-            current_height=current_height,
+            current_height=known.current_height,
             deposit=deposit,
             expedited=expedited,
-            voting_period_blocks=voting_period_blocks,
-            gov=gov,
-            block_time=block_time,
+            voting_period_blocks=known.voting_period_blocks,
+            gov=known.gov,
+            block_time=known.block_time,
         )
     except ProposalInputError as exc:
         raise _fail(str(exc), 2) from None
+    _report(warnings, assessment, force=force, mock_decides=known.mock_decides)
+    if submit:
+        _submit(submit, proposal)
+        return
+    _write(proposal, out, submit_command(str(out), from_key, chain_id, node))
+
+
+@dataclass(frozen=True, slots=True)
+class _Known:
+    """What the checks know about the chain: read from the node, or given on the command line."""
+
+    current_height: int | None
+    voting_period_blocks: int | None
+    gov: GovParams | None = None
+    block_time: BlockTime | None = None
+    mock_decides: bool = False  # --submit alone: the mock chain applies its own block-count rule
+    warnings: tuple[str, ...] = ()
+
+
+def _what_the_chain_says(
+    rpc: str | None,
+    submit: str | None,
+    current_height: int | None,
+    voting_period_blocks: int | None,
+    *,
+    force: bool,
+) -> _Known:
+    """Read the node named by --rpc (or the mock of --submit); the offline overrides win."""
+    with _http_client() as client:
+        try:
+            if rpc:
+                chain = read_chain(client, rpc, need_block_time=voting_period_blocks is None)
+                height = chain.height if current_height is None else current_height
+                return _Known(height, voting_period_blocks, chain.gov, chain.block_time)
+            if submit:
+                if current_height is None:
+                    current_height = read_status(client, submit)[0]
+                if voting_period_blocks is None:
+                    mock_blocks = _mock_voting_period(client, submit)
+                    return _Known(current_height, mock_blocks, mock_decides=mock_blocks is not None)
+        except ChainReadError as exc:
+            if not force:
+                raise _fail(f"{exc}. Nothing is checked without it: fix --rpc, or pass --force", 1) from None
+            return _Known(
+                current_height,
+                voting_period_blocks,
+                warnings=(f"{exc}: not checked against the chain (--force)",),
+            )
+    return _Known(current_height, voting_period_blocks)
+
+
+def _report(warnings: list[str], assessment: Assessment, *, force: bool, mock_decides: bool) -> None:
+    """Print what the checks found; exit 2 on a refusal unless --force (or the mock decides)."""
     for warning in (*warnings, *assessment.warnings):
         typer.echo(f"warning: {warning}", err=True)
     for refusal in assessment.refusals:
@@ -537,17 +566,16 @@ def propose(
         )
         raise typer.Exit(2)
 
+
+def _write(proposal: dict[str, Any], out: Path, command: str) -> None:
     document = json.dumps(proposal, indent=2) + "\n"
-    if submit:
-        _submit(submit, proposal)
-        return
     if str(out) == "-":
         typer.echo(document, nl=False)
         return
     out.write_text(document)
     typer.echo(f"wrote {out}")
     typer.echo("submit it to the chain with:")
-    typer.echo("  " + submit_command(str(out), from_key, chain_id, node))
+    typer.echo("  " + command)
     typer.echo("then vote with: inferenced tx gov vote <proposal-id> yes --from <validator-key>")
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from shared.embedded_nats import free_port
+from devtools.embedded_nats import free_port
 
 __all__ = ["BACKEND", "NATS_IMAGE", "ContainerNats", "docker_engine_problem", "require_engine"]
 

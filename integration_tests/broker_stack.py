@@ -17,13 +17,14 @@ from typing import Any
 
 import httpx
 
+from devtools.embedded_nats import free_port
+from devtools.nginx_config import render_nginx_conf
+from devtools.nginx_process import NginxProcess, local_proxy
+from devtools.stack_env import NatsAccess, broker_env, fleet_node_configs, registry_env
 from integration_tests.mlnode_procs import MockMLNodeProcess
 from integration_tests.service_procs import ServiceProcess
 from shared.bus import BROKER_STREAM, Bus
-from shared.embedded_nats import free_port
 from shared.events import BlockCommitted, ChainVersionObserved, UpgradeScheduled
-from shared.nginx_config import ProxyServer, VersionUpstream, render_nginx_conf
-from shared.nginx_process import NginxProcess
 from shared.versions import MLNodeVersion
 
 __all__ = ["BrokerProcess", "MLNodeStack", "RegistryProcess", "ServiceProcess", "chain_switch"]
@@ -72,29 +73,12 @@ class MLNodeStack:
         )
 
     def _config(self) -> str:
-        upstreams = [
-            VersionUpstream.parse(v, f"127.0.0.1:{self.procs[v].port}")
-            for v in self.versions
-            if v in self.routed
-        ]
-        server = ProxyServer(listen=self.port, listen_host="127.0.0.1", upstreams=upstreams)
+        upstreams = {v: f"127.0.0.1:{self.procs[v].port}" for v in self.versions if v in self.routed}
+        server = local_proxy(self.port, upstreams)
         return render_nginx_conf([server], runtime_dir=self.tmp / "nginx", worker_processes=2)
 
     def node_configs(self, max_concurrent: int = 100) -> list[dict[str, Any]]:
-        return [
-            {
-                "id": f"node-{i}",
-                "host": "127.0.0.1",
-                "inference_port": self.port,
-                "inference_segment": f"/node-{i}",
-                "poc_port": self.port,
-                "poc_segment": f"/node-{i}",
-                "models": {MODEL: {"args": ["--max-model-len", "4096"]}},
-                "max_concurrent": max_concurrent,
-                "hardware": [{"type": "mock GPU", "count": 1}],
-            }
-            for i in range(self.nodes)
-        ]
+        return fleet_node_configs(self.nodes, self.port, MODEL, max_concurrent)
 
     def write_nodes_file(self, max_concurrent: int = 100) -> Path:
         path = self.tmp / "node-config.json"
@@ -145,9 +129,7 @@ class RegistryProcess(ServiceProcess):
         super().__init__(
             "services.version_registry",
             {
-                "VERSION_REGISTRY_NATS__URL": nats_url,
-                "VERSION_REGISTRY_HTTP_PORT": str(self.port),
-                "VERSION_REGISTRY_GRPC_ENABLED": "false",
+                **registry_env(NatsAccess(nats_url), http_port=self.port, grpc_port=None),
                 "VERSION_REGISTRY_ACK_WAIT_S": "5",
             },
             f"http://127.0.0.1:{self.port}/healthz",
@@ -182,9 +164,7 @@ class BrokerProcess(ServiceProcess):
             "services.broker",
             {
                 **FAST_BROKER_ENV,
-                "BROKER_NATS__URL": nats_url,
-                "BROKER_HTTP_PORT": str(self.port),
-                "BROKER_NODES_FILE": str(nodes_file),
+                **broker_env(NatsAccess(nats_url), http_port=self.port, nodes_file=nodes_file),
                 **env,
             },
             f"{self.url}/healthz",

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from devtools.embedded_nats import free_port
 from integration_tests.conftest import REPO_ROOT
 from mock_chain.gov import GOV_MODULE_ADDRESS
 from mock_chain.server import MockChainServer
@@ -26,7 +27,7 @@ from mock_chain.settings import MockChainSettings
 from services.chain_watcher.service import ChainWatcher
 from services.chain_watcher.settings import ChainWatcherSettings
 from shared.bus import CHAIN_STREAM, Bus
-from shared.embedded_nats import free_port
+from shared.chain_status import parse_status_reply
 from shared.settings import NatsSettings
 
 __all__ = [
@@ -159,7 +160,7 @@ class ChainControl:
 
     async def height(self) -> int:
         doc = (await self.http.get("/status")).json()
-        return int(doc["result"]["sync_info"]["latest_block_height"])
+        return parse_status_reply(doc).height
 
     async def block_hash(self, height: int) -> str:
         return str((await self.block(height))["block_id"]["hash"])

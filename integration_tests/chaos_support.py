@@ -22,6 +22,7 @@ import httpx
 from cli.propose import build_proposal
 from cli.stack import LocalStack, StackConfig, StackInfo
 from integration_tests.support import eventually
+from shared.chain_status import parse_status_reply
 
 __all__ = ["ChaosStack", "Load", "Outcome"]
 
@@ -163,7 +164,7 @@ class ChaosStack:
 
     async def height(self) -> int:
         status = (await self.client.get(f"{self.info.chain_rpc_url}/status")).json()
-        return int(status["result"]["sync_info"]["latest_block_height"])
+        return parse_status_reply(status).height
 
     async def advance(self, n: int = 1) -> int:
         r = await self.client.post(f"{self.info.chain_rpc_url}/advance", params={"n": n})

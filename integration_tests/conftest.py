@@ -13,9 +13,9 @@ if TYPE_CHECKING:
     from mock_chain.server import MockChainServer
 
 from cli.provision import run_provision
+from devtools.embedded_nats import EmbeddedNats
 from integration_tests.backends import BACKEND, ContainerNats, docker_engine_problem, require_engine
 from shared.bus import Bus
-from shared.embedded_nats import EmbeddedNats
 from shared.provisioning import Topology
 from shared.settings import NatsSettings
 

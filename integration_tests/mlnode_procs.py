@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
-
+from devtools.embedded_nats import free_port
+from devtools.processes import ChildProcess, ExitedWhileStarting, NotReadyInTime, http_ok, python_module
 from integration_tests.conftest import REPO_ROOT
-from shared.embedded_nats import free_port
 
 __all__ = ["MockMLNodeProcess"]
 
@@ -23,37 +20,30 @@ class MockMLNodeProcess:
     ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"mock-mlnode-{self.port}.log"
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mock_mlnode", "--port", str(self.port), *args],
+        self.process = ChildProcess(
+            "mock_mlnode",
+            python_module("mock_mlnode", "--port", str(self.port), *args),
+            log_path=self.log_path,
             cwd=REPO_ROOT,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
+            ready=http_ok(f"{self.url}/mock/instances", timeout_s=0.5),
+            log_mode="wb",
         )
-        deadline = time.monotonic() + startup_timeout_s
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"mock_mlnode exited with {self.proc.returncode}:\n{self.log_path.read_text()}"
-                )
-            try:
-                if httpx.get(f"{self.url}/mock/instances", timeout=0.5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"mock_mlnode not answering within {startup_timeout_s}s")
-            time.sleep(0.05)  # polling a condition with a deadline
+        self.process.spawn()
+        try:
+            self.process.wait_ready(startup_timeout_s)
+        except ExitedWhileStarting as exc:
+            raise RuntimeError(
+                f"mock_mlnode exited with {exc.returncode}:\n{self.log_path.read_text()}"
+            ) from None
+        except NotReadyInTime:
+            self.stop()
+            raise RuntimeError(f"mock_mlnode not answering within {startup_timeout_s}s") from None
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        assert self.process.popen is not None
+        return self.process.popen
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
+        self.process.stop(grace_s=10)

@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
+from devtools.processes import ChildProcess, ExitedWhileStarting, NotReadyInTime, http_ok, python_module
 from integration_tests.conftest import REPO_ROOT
 
 __all__ = ["ServiceProcess"]
@@ -26,48 +21,33 @@ class ServiceProcess:
         self.env = env
         self.health_url = health_url
         self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.process = ChildProcess(
+            module,
+            python_module(module),
+            log_path=log_path,
+            env=env,
+            cwd=REPO_ROOT,
+            ready=http_ok(health_url, timeout_s=0.5),
+        )
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self.process.popen
 
     def start(self, timeout_s: float = 20.0) -> ServiceProcess:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.module],
-            cwd=REPO_ROOT,
-            env={**os.environ, **self.env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.module} exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(self.health_url, timeout=0.5).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(f"{self.module} not healthy within {timeout_s}s:\n{self.log_tail()}")
-            time.sleep(0.05)  # polling a condition with a deadline
+        try:
+            self.process.start(timeout_s)
+        except ExitedWhileStarting as exc:
+            raise RuntimeError(f"{self.module} exited with {exc.returncode}:\n{self.log_tail()}") from None
+        except NotReadyInTime:
+            raise RuntimeError(f"{self.module} not healthy within {timeout_s}s:\n{self.log_tail()}") from None
+        return self
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+        self.process.kill()
 
     def terminate(self) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return self.proc.returncode
+        return self.process.stop(grace_s=15, kill_timeout_s=10)
 
     def stop(self) -> None:
         """Graceful stop (SIGTERM), SIGKILL if it does not go in time."""
@@ -84,7 +64,4 @@ class ServiceProcess:
         return lines
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return self.process.log_tail(lines)

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import uvicorn
 from starlette.types import ASGIApp
+
+from shared.http_serving import HttpServer
 
 
 async def eventually(
@@ -36,26 +36,9 @@ async def eventually(
 
 @asynccontextmanager
 async def serve_asgi(app: ASGIApp, host: str = "127.0.0.1") -> AsyncIterator[str]:
-    """Serve `app` with uvicorn on a free port in this event loop; yields its base URL."""
-    # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on such sockets (else ~40 ms per answer).
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=2
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        await eventually(lambda: server.started or task.done(), message="uvicorn started")
-        if task.done():
-            task.result()
-        yield f"http://{host}:{port}"
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
+    """Serve `app` on a free port in this event loop, as the services serve; yields its base URL."""
+    async with HttpServer(app, host, 0, grace_s=2.0) as server:
+        yield server.url
 
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent

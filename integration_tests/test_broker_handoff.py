@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from devtools.embedded_nats import EmbeddedNats
 from integration_tests.broker_stack import (
     MODEL,
     NEW,
@@ -28,7 +29,6 @@ from integration_tests.broker_stack import (
 )
 from integration_tests.support import eventually
 from shared.bus import Bus
-from shared.embedded_nats import EmbeddedNats
 from shared.events import UpgradeScheduled
 from shared.versions import MLNodeVersion
 

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from devtools.embedded_nats import EmbeddedNats
 from integration_tests.broker_stack import (
     NEW,
     OLD,
@@ -30,7 +31,6 @@ from integration_tests.broker_stack import (
 )
 from integration_tests.support import eventually
 from shared.bus import Bus
-from shared.embedded_nats import EmbeddedNats
 
 CHAT = {"messages": [{"role": "user", "content": "hello"}]}
 

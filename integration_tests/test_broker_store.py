@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from services.broker.models import NodeConfig, NodeSet, PendingStop, PendingStops
-from services.broker.node_store import BROKER_BUCKET, KvDoc, kv_store
+from services.broker.node_store import BROKER_BUCKET, kv_store
 from services.broker.transition import TransitionRecord
 from shared.bus import Bus
+from shared.kv_document import KvDocument, ModelCodec
 from shared.kv_store import VersionedStore
 from shared.versions import MLNodeVersion
 
@@ -33,8 +34,8 @@ async def test_documents_survive_a_new_store_instance(bus: Bus) -> None:
 
 async def test_a_write_based_on_a_stale_read_is_decided_again_on_fresh_data(bus: Bus) -> None:
     kv = VersionedStore(await bus.ensure_bucket(BROKER_BUCKET))
-    mine = KvDoc(kv, "pending_stops", PendingStops.model_validate_json, PendingStops())
-    other = KvDoc(kv, "pending_stops", PendingStops.model_validate_json, PendingStops())
+    mine = KvDocument(kv, "pending_stops", ModelCodec(PendingStops), PendingStops())
+    other = KvDocument(kv, "pending_stops", ModelCodec(PendingStops), PendingStops())
     await mine.load()
     await other.mutate(lambda p: p.add(PendingStop(node_id="b", version=V6, transition_id="t")))
     # `mine` read before `other` wrote: its write is refused, re-read, and applied on top.

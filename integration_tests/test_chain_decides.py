@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from devtools.embedded_nats import EmbeddedNats
 from integration_tests.chain_support import ChainControl, running_watcher, watcher_settings
 from integration_tests.support import eventually
 from integration_tests.test_registry import Registries, _s, get_state, publish_raw, version_changed_messages
 from mock_chain.server import MockChainServer
 from shared.bus import CHAIN_STREAM, Bus
-from shared.embedded_nats import EmbeddedNats
 from shared.provisioning import Topology, provision
 from shared.registry_api import RegistryState
 from shared.settings import NatsSettings

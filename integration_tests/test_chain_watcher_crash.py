@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from devtools.embedded_nats import EmbeddedNats
 from integration_tests.chain_support import (
     ChainControl,
     StreamReader,
@@ -19,7 +20,6 @@ from integration_tests.chain_support import (
 from integration_tests.support import eventually
 from services.chain_watcher.core import WatcherState
 from shared.bus import Bus
-from shared.embedded_nats import EmbeddedNats
 from shared.events import BlockCommitted
 
 

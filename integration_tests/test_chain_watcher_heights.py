@@ -19,6 +19,7 @@ import grpc
 import httpx
 import pytest
 
+from devtools.embedded_nats import EmbeddedNats
 from integration_tests.chain_support import (
     ChainControl,
     ChainProcess,
@@ -28,7 +29,6 @@ from integration_tests.chain_support import (
 from integration_tests.support import eventually
 from proto.inference.inference import query_pb2, query_pb2_grpc
 from shared.bus import Bus
-from shared.embedded_nats import EmbeddedNats
 from tests.unit.test_chain_watcher_frames import DOC_EVENT
 
 FORGED_HASH = "AB" * 32

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from devtools.embedded_nats import EmbeddedNats
 from integration_tests.conftest import REPO_ROOT
 from integration_tests.support import eventually
 from shared.bus import CHAIN_STREAM, Bus
 from shared.consumer import ConsumerSpec, Delivery, DurableConsumer, ensure_consumer
-from shared.embedded_nats import EmbeddedNats
 from shared.events import BlockCommitted, Event
 
 

@@ -14,6 +14,8 @@ from pydantic_settings import BaseSettings
 
 from cli.deploy_files import SECRET_VARIABLES, password_variable, stale_files, write_secrets
 from cli.provision import ProvisionSettings
+from devtools.embedded_nats import EmbeddedNats, find_nats_server
+from devtools.nginx_process import find_nginx
 from integration_tests.conftest import REPO_ROOT
 from integration_tests.nats_security import awkward_password
 from mock_chain.settings import MockChainSettings
@@ -22,9 +24,7 @@ from services.broker.settings import BrokerSettings
 from services.chain_watcher.settings import ChainWatcherSettings
 from services.version_registry.settings import RegistrySettings
 from shared.bus import Bus
-from shared.embedded_nats import EmbeddedNats, find_nats_server
 from shared.nats_config import user_names
-from shared.nginx_process import find_nginx
 from shared.settings import NatsSettings
 
 DEPLOY = REPO_ROOT / "deploy"

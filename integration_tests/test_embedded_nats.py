@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from shared.embedded_nats import EmbeddedNats
+from devtools.embedded_nats import EmbeddedNats
 
 
 def test_a_picked_port_taken_before_the_first_boot_is_picked_again(tmp_path: Path) -> None:

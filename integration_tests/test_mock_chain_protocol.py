@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from devtools.embedded_nats import free_port
 from integration_tests.chain_support import ChainControl, partial_upgrade_proposal, running_chain
 from integration_tests.conftest import REPO_ROOT
 from integration_tests.support import eventually
@@ -26,7 +27,6 @@ from mock_chain.server import MockChainServer
 from mock_chain.settings import MockChainSettings
 from proto.cosmos.base.query.v1beta1 import pagination_pb2
 from proto.inference.inference import query_pb2, query_pb2_grpc
-from shared.embedded_nats import free_port
 
 HEIGHT_HEADER = "x-cosmos-block-height"
 

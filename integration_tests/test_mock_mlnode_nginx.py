@@ -11,11 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devtools.embedded_nats import free_port
+from devtools.nginx_config import HEALTH_PATH, ProxyServer, VersionUpstream, render_nginx_conf
+from devtools.nginx_process import NginxProcess
 from integration_tests.mlnode_procs import MockMLNodeProcess
 from mock_mlnode.app import VERSION_HEADER
-from shared.embedded_nats import free_port
-from shared.nginx_config import HEALTH_PATH, ProxyServer, VersionUpstream, render_nginx_conf
-from shared.nginx_process import NginxProcess
 
 UP = {"model": "Qwen/Qwen2.5-7B-Instruct", "dtype": "bfloat16"}
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from devtools.embedded_nats import EmbeddedNatsCluster
 from integration_tests.support import eventually
 from shared.bus import CHAIN_STREAM, Bus
 from shared.consumer import ConsumerSpec, Delivery, DurableConsumer, ensure_consumer
-from shared.embedded_nats import EmbeddedNatsCluster
 from shared.events import BlockCommitted, Event
 from shared.settings import NatsSettings
 

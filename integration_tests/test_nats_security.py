@@ -19,11 +19,11 @@ import pytest
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig
 
+from devtools.embedded_nats import EmbeddedNats, free_port
 from integration_tests.nats_security import Credentials
 from integration_tests.service_procs import ServiceProcess
 from integration_tests.support import eventually
 from shared.bus import ALL_STREAMS, CHAIN_STREAM, VERSION_STREAM, Bus, BusError
-from shared.embedded_nats import EmbeddedNats, free_port
 from shared.events import BlockCommitted, ChainVersionObserved, UpgradeScheduled, VersionChanged
 from shared.nats_config import DEFAULT_GRANTS, render_server_config
 from shared.provisioning import provision

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from devtools.embedded_nats import EmbeddedNats
 from shared.bus import Bus, BusError
-from shared.embedded_nats import EmbeddedNats
 from shared.events import BlockCommitted
 from shared.nats_config import TlsConfig, render_server_config
 from shared.settings import NatsSettings

@@ -7,9 +7,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.embedded_nats import free_port
-from shared.nginx_config import HEALTH_PATH, ProxyServer, VersionUpstream, render_nginx_conf
-from shared.nginx_process import NginxError, NginxProcess
+from devtools.embedded_nats import free_port
+from devtools.nginx_config import HEALTH_PATH, ProxyServer, VersionUpstream, render_nginx_conf
+from devtools.nginx_process import NginxError, NginxProcess
 
 
 def test_reload_with_a_bad_config_keeps_the_running_one(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from bench.loadgen import Reply, read_reply
+from devtools.embedded_nats import EmbeddedNats
 from integration_tests.broker_stack import (
     MODEL,
     OLD,
@@ -31,7 +32,6 @@ from integration_tests.support import eventually, serve_asgi
 from mock_mlnode.app import VERSION_HEADER, create_app
 from mock_mlnode.settings import MockMLNodeSettings
 from shared.bus import Bus
-from shared.embedded_nats import EmbeddedNats
 
 FIXTURE = json.loads((Path(__file__).parent / "real_clients" / "mlnode_requests.json").read_text())
 GO_HEADERS: dict[str, str] = FIXTURE["go_headers"]["sent"]

@@ -13,12 +13,12 @@ import grpc
 import httpx
 import pytest
 
+from devtools.embedded_nats import EmbeddedNats, free_port
 from integration_tests.service_procs import ServiceProcess
 from integration_tests.support import eventually
 from proto.mlnode_upgrade.v1 import registry_pb2, registry_pb2_grpc
 from services.version_registry.core import CoreState, apply
 from shared.bus import ERRORS_STREAM, VERSION_STREAM, Bus
-from shared.embedded_nats import EmbeddedNats, free_port
 from shared.events import VersionChanged, parse_event
 from shared.provisioning import Topology, provision
 from shared.registry_api import ErrorReply, HistoryReply, RegistryState

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devtools.embedded_nats import EmbeddedNats
 from integration_tests.support import eventually
 from integration_tests.test_registry import (
     Raw,
@@ -23,7 +24,6 @@ from integration_tests.test_registry import (
     version_changed_messages,
 )
 from shared.bus import Bus
-from shared.embedded_nats import EmbeddedNats
 from shared.provisioning import Topology, provision
 from shared.registry_api import RegistryState
 

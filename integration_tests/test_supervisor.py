@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from cli.supervisor import ChildExit, ProcessSpec, Supervisor, SupervisorError
+from devtools.embedded_nats import free_port
 from integration_tests.conftest import REPO_ROOT
-from shared.embedded_nats import free_port
 
 
 def alive(pid: int) -> bool:

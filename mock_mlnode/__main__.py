@@ -7,14 +7,17 @@ versions from one process, `--fleet N` serves N virtual nodes addressed by their
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from typing import Any
 
-import uvicorn
+from starlette.types import ASGIApp
 
 from mock_mlnode.app import create_app
 from mock_mlnode.settings import MockMLNodeSettings
+from shared.http_serving import HttpServer
 from shared.logging import configure_logging, get_logger
+from shared.service_main import until_signalled
 from shared.settings import SettingsError, load_settings
 
 log = get_logger("mock_mlnode")
@@ -42,6 +45,11 @@ def parse_args(argv: list[str] | None) -> dict[str, Any]:
     return {k: v for k, v in opts.items() if v is not None}
 
 
+async def _serve(app: ASGIApp, settings: MockMLNodeSettings) -> None:
+    async with HttpServer(app, settings.host, settings.port, grace_s=5.0):
+        await asyncio.Event().wait()  # until SIGTERM/SIGINT cancels it
+
+
 def main(argv: list[str] | None = None) -> int:
     overrides = parse_args(argv)
     try:
@@ -55,14 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         "serving",
         extra={"versions": settings.versions, "nodes": len(settings.nodes), "port": settings.port},
     )
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=5,
-    )
+    try:
+        asyncio.run(until_signalled(_serve(create_app(settings), settings)))
+    except OSError as exc:  # the port is taken, the address is not this host's
+        print(f"mock_mlnode: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -38,12 +38,13 @@ from typing import Any
 
 import httpx
 import nats
-import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from nats.aio.msg import Msg
 
+from shared.http_serving import HttpServer
 from shared.logging import configure_logging, get_logger
+from shared.service_main import until_signalled
 
 __all__ = ["BaselineSettings", "OriginalBroker", "main"]
 
@@ -275,10 +276,8 @@ class OriginalBroker:
 async def _serve(settings: BaselineSettings) -> None:
     broker = OriginalBroker(settings)
     await broker.start()
-    config = uvicorn.Config(
-        broker.app(), host="127.0.0.1", port=settings.port, log_config=None, access_log=False, lifespan="off"
-    )
-    await uvicorn.Server(config).serve()
+    async with HttpServer(broker.app(), "127.0.0.1", settings.port):
+        await asyncio.Event().wait()  # until SIGTERM/SIGINT cancels it
 
 
 def main() -> int:
@@ -289,7 +288,7 @@ def main() -> int:
     except (KeyError, ValueError) as exc:
         print(f"baseline broker: bad settings: {exc!r}", file=sys.stderr)
         return 2
-    asyncio.run(_serve(settings))
+    asyncio.run(until_signalled(_serve(settings)))
     return 0
 
 

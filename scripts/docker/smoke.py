@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from cli.demo import LoadStats, _all_serving, _load  # noqa: E402  (the demo's own load and checks)
+from shared.chain_status import parse_status_reply  # noqa: E402
 
 CLI = str(REPO / ".venv" / "bin" / "mlnode-upgrade")
 RPC = "http://127.0.0.1:26657"
@@ -149,7 +150,7 @@ class Smoke:
             async def height() -> int:
                 status = await get(f"{RPC}/status")
                 try:
-                    return int(status["result"]["sync_info"]["latest_block_height"])
+                    return parse_status_reply(status).height
                 except (TypeError, KeyError, ValueError):
                     return 0
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from shared.events import NodeOutcome
 from shared.versions import MLNodeVersion
@@ -43,6 +43,7 @@ __all__ = [
     "ReadState",
     "SendStop",
     "StateIs",
+    "UnconfirmedStop",
     "Wait",
     "Woke",
     "advance",
@@ -52,6 +53,13 @@ __all__ = [
 STOPPED = "STOPPED"
 INFERENCE = "INFERENCE"
 MAX_DETAIL = 2000
+
+
+class UnconfirmedStop(NamedTuple):
+    """A stop the handoff gave up confirming, and the last error: it becomes a pending stop."""
+
+    version: MLNodeVersion
+    error: str
 
 
 class Phase(enum.StrEnum):
@@ -131,7 +139,7 @@ class Finish:
     outcome: NodeOutcome
     serving: bool
     confirmed: tuple[MLNodeVersion, ...]
-    unconfirmed: tuple[tuple[MLNodeVersion, str], ...]
+    unconfirmed: tuple[UnconfirmedStop, ...]
 
 
 Command = Drain | SendStop | ReadState | BringUp | CheckHealth | Wait | Finish
@@ -183,7 +191,7 @@ class Handoff:
     phase: Phase
     to_stop: tuple[MLNodeVersion, ...] = ()  # the head is the one being stopped now
     confirmed: tuple[MLNodeVersion, ...] = ()
-    unconfirmed: tuple[tuple[MLNodeVersion, str], ...] = ()
+    unconfirmed: tuple[UnconfirmedStop, ...] = ()
     failures: int = 0  # failed attempts of the current step
     phase_since: float = 0.0
     drain_cut: int = 0  # requests still in flight when the drain gave up
@@ -296,7 +304,10 @@ def _stop_failed(h: Handoff, error: str, now: float) -> tuple[Handoff, Command]:
         return h, Wait(h.policy.stop_backoff(failures))
     error = f"{error} (after {failures} attempts)"
     h = replace(
-        h, unconfirmed=(*h.unconfirmed, (h.stopping, error[:MAX_DETAIL])), to_stop=h.to_stop[1:], failures=0
+        h,
+        unconfirmed=(*h.unconfirmed, UnconfirmedStop(h.stopping, error[:MAX_DETAIL])),
+        to_stop=h.to_stop[1:],
+        failures=0,
     )
     return _next_stop(h, now)
 

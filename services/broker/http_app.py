@@ -1,4 +1,8 @@
-"""The broker's HTTP face: inference forwarding, the node admin API, upgrade status, ops routes."""
+"""The broker's HTTP face: inference forwarding, the node admin API, upgrade status, ops routes.
+
+One router per area. Reads go through the read-only `BrokerStatus`; node changes through
+`NodeAdmin`; nothing here reaches into the pool, the store or a running switch.
+"""
 
 from __future__ import annotations
 
@@ -6,29 +10,18 @@ import hmac
 from collections.abc import Sequence
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 
-from services.broker.coordinator import Coordinator, NodeExists, NodeMissing
+from services.broker.coordinator import Coordinator
 from services.broker.forwarder import Forwarder
 from services.broker.metrics import BrokerMetrics
 from services.broker.models import NodeConfig
+from services.broker.node_admin import NodeAdmin, NodeExists, NodeMissing
+from services.broker.status import BrokerStatus
 from shared.ops_app import ReadinessCheck, add_ops_routes
 
 __all__ = ["create_app"]
-
-
-def _node_view(coordinator: Coordinator, node: NodeConfig) -> dict[str, Any]:
-    slot = coordinator.pool.slots.get(node.id)
-    status: dict[str, Any] = {"version": None, "ready": False, "phase": "unknown", "in_flight": 0}
-    if slot is not None:
-        status = {
-            "version": slot.version.raw if slot.version else None,
-            "ready": slot.ready,
-            "phase": slot.phase,
-            "in_flight": sum(slot.in_flight.values()),
-        }
-    return {**node.model_dump(mode="json"), "status": status}
 
 
 def create_app(
@@ -41,6 +34,30 @@ def create_app(
     """`admin_token`: changing nodes needs `Authorization: Bearer <token>`; without one it is refused."""
     # The API node posts JSON with no Content-Type, as its Go client does to an MLNode.
     app = FastAPI(title="mlnode-upgrade broker", docs_url=None, redoc_url=None, strict_content_type=False)
+    app.include_router(inference_routes(forwarder))
+    app.include_router(admin_routes(coordinator.nodes, coordinator.status, admin_token))
+    app.include_router(upgrade_routes(coordinator.status))
+    add_ops_routes(app, metrics.base, readiness)
+    return app
+
+
+def inference_routes(forwarder: Forwarder) -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await forwarder.forward("/v1/chat/completions", await request.body(), dict(request.headers))
+
+    @router.post("/tokenize")
+    async def tokenize(request: Request) -> Response:
+        return await forwarder.forward("/tokenize", await request.body(), dict(request.headers))
+
+    return router
+
+
+def admin_routes(nodes: NodeAdmin, view: BrokerStatus, admin_token: str | None) -> APIRouter:
+    """Reading needs no token; changing does."""
+    router = APIRouter(prefix="/admin/v1/nodes")
 
     def require_admin(authorization: Annotated[str | None, Header()] = None) -> None:
         if admin_token is None:
@@ -51,63 +68,52 @@ def create_app(
 
     admin = [Depends(require_admin)]
 
-    # -- inference ---------------------------------------------------------------------------
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Response:
-        return await forwarder.forward("/v1/chat/completions", await request.body(), dict(request.headers))
-
-    @app.post("/tokenize")
-    async def tokenize(request: Request) -> Response:
-        return await forwarder.forward("/tokenize", await request.body(), dict(request.headers))
-
-    # -- admin -------------------------------------------------------------------------------
-
-    def _stored(node_id: str) -> NodeConfig:
-        slot = coordinator.pool.slots.get(node_id)
-        if slot is None:
-            raise HTTPException(404, f"no node {node_id!r}")
-        return slot.config
-
-    @app.get("/admin/v1/nodes")
+    @router.get("")
     async def list_nodes() -> list[dict[str, Any]]:
-        return [_node_view(coordinator, slot.config) for slot in coordinator.pool.slots.values()]
+        return [status.as_json() for status in view.nodes()]
 
-    @app.get("/admin/v1/nodes/{node_id}")
+    @router.get("/{node_id}")
     async def get_node(node_id: str) -> dict[str, Any]:
-        return _node_view(coordinator, _stored(node_id))
+        status = view.node(node_id)
+        if status is None:
+            raise HTTPException(404, f"no node {node_id!r}")
+        return status.as_json()
 
-    @app.post("/admin/v1/nodes", status_code=201, dependencies=admin)
+    @router.post("", status_code=201, dependencies=admin)
     async def add_node(node: NodeConfig) -> dict[str, Any]:
         try:
-            await coordinator.add_node(node)
+            await nodes.add(node)
         except NodeExists as exc:
             raise HTTPException(409, str(exc)) from None
-        return _node_view(coordinator, node)
+        return view.of(node).as_json()
 
-    @app.put("/admin/v1/nodes/{node_id}", dependencies=admin)
+    @router.put("/{node_id}", dependencies=admin)
     async def update_node(node_id: str, node: NodeConfig) -> dict[str, Any]:
         if node.id != node_id:
             raise HTTPException(400, f"the body's id {node.id!r} differs from the path's {node_id!r}")
         try:
-            await coordinator.update_node(node)
+            await nodes.update(node)
         except NodeMissing:
             raise HTTPException(404, f"no node {node_id!r}; use POST to add it") from None
-        return _node_view(coordinator, node)
+        return view.of(node).as_json()
 
-    @app.delete("/admin/v1/nodes/{node_id}", dependencies=admin)
+    @router.delete("/{node_id}", dependencies=admin)
     async def remove_node(node_id: str) -> dict[str, str]:
         try:
-            await coordinator.remove_node(node_id)
+            await nodes.remove(node_id)
         except NodeMissing:
             raise HTTPException(404, f"no node {node_id!r}") from None
         return {"status": "removed", "id": node_id}
 
-    # -- upgrade -----------------------------------------------------------------------------
+    return router
 
-    @app.get("/upgrade/readiness")
+
+def upgrade_routes(view: BrokerStatus) -> APIRouter:
+    router = APIRouter(prefix="/upgrade")
+
+    @router.get("/readiness")
     async def upgrade_readiness() -> JSONResponse:
-        report = coordinator.readiness
+        report = view.readiness
         if report is None:
             return JSONResponse(
                 {
@@ -121,11 +127,10 @@ def create_app(
         body["all_ready"] = all(n.ready for n in report.nodes)
         return JSONResponse(body)
 
-    @app.get("/upgrade/status")
+    @router.get("/status")
     async def upgrade_status() -> dict[str, Any]:
-        record = coordinator.record
-        pending = await coordinator.store.pending.load()
-        current = coordinator.pool.current
+        record = view.record
+        current = view.current
         return {
             "current_version": current.raw if current else None,
             "transition": None
@@ -134,14 +139,10 @@ def create_app(
                 **record.model_dump(mode="json", exclude={"seen"}),
                 "complete": record.complete,
                 "remaining": list(record.remaining),
-                "running": coordinator.transition_running(),
+                "running": view.switch_running(),
             },
-            "nodes": [
-                _node_view(coordinator, slot.config)["status"] | {"id": node_id}
-                for node_id, slot in coordinator.pool.slots.items()
-            ],
-            "pending_stops": [p.model_dump(mode="json") for p in pending.items],
+            "nodes": [status.state() | {"id": status.config.id} for status in view.nodes()],
+            "pending_stops": [p.model_dump(mode="json") for p in await view.pending_stops()],
         }
 
-    add_ops_routes(app, metrics.base, readiness)
-    return app
+    return router

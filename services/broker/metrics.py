@@ -82,8 +82,4 @@ class BrokerMetrics:
             ["node", "version"],
             registry=r,
         )
-        self._pool = pool
-        r.register(_PoolCollector(lambda: self._pool))
-
-    def attach(self, pool: NodePool) -> None:
-        self._pool = pool
+        r.register(_PoolCollector(lambda: pool))

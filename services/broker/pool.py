@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
@@ -17,7 +18,26 @@ from services.broker.models import NodeConfig
 from services.broker.routing import NodeLoad, pick, why_none
 from shared.versions import MLNodeVersion
 
-__all__ = ["Lease", "NoNodeReady", "NodePool", "NodeSlot"]
+__all__ = ["Lease", "NoNodeReady", "NodePool", "NodeSlot", "SlotPhase"]
+
+
+class SlotPhase(enum.StrEnum):
+    """What a node is doing, as the status pages and the 503 message show it.
+
+    The middle values are the handoff machine's `handoff.Phase`, with the same spelling.
+    """
+
+    STARTING = "starting"  # added, not yet brought up
+    QUEUED = "queued"  # in a switch, waiting for its turn
+    DRAIN = "drain"
+    STOP = "stop"
+    CONFIRM = "confirm_stopped"
+    PROBE = "probe_target"
+    BRING_UP = "bring_up"
+    WAIT_HEALTHY = "wait_healthy"
+    DONE = "done"
+    READY = "ready"
+    FAILED = "failed"
 
 
 class NoNodeReady(Exception):
@@ -29,10 +49,8 @@ class NodeSlot:
     config: NodeConfig
     version: MLNodeVersion | None = None
     ready: bool = False
-    phase: str = "starting"
+    phase: SlotPhase = SlotPhase.STARTING
     in_flight: Counter[MLNodeVersion] = field(default_factory=Counter)
-    # One management operation at a time per node (handoff, bring-up, pending-stop retry).
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def load(self) -> NodeLoad:
         return NodeLoad(
@@ -103,6 +121,14 @@ class NodePool:
         self.current = version
         self._signal()
 
+    def adopt_current(self, version: MLNodeVersion) -> None:
+        """`version` serves from now on; a node that never had a version is taken to serve it."""
+        if self.current != version:
+            self.set_current(version)
+        for slot in self.slots.values():
+            if slot.version is None:
+                slot.version = version
+
     def upsert(self, config: NodeConfig) -> NodeSlot:
         slot = self.slots.get(config.id)
         if slot is None:
@@ -116,16 +142,27 @@ class NodePool:
         self.slots.pop(node_id, None)
         self._signal()
 
-    def mark(self, node_id: str, *, ready: bool, phase: str, version: MLNodeVersion | None = None) -> None:
+    def get(self, node_id: str) -> NodeSlot | None:
+        return self.slots.get(node_id)
+
+    def mark(
+        self, node_id: str, *, ready: bool, phase: SlotPhase | str, version: MLNodeVersion | None = None
+    ) -> None:
         """Set a node's readiness and phase; `version` (when given) is the version it serves now."""
         slot = self.slots.get(node_id)
         if slot is None:
             return
         slot.ready = ready
-        slot.phase = phase
+        slot.phase = SlotPhase(phase)
         if version is not None:
             slot.version = version
         self._signal()
+
+    def note_phase(self, node_id: str, phase: SlotPhase) -> None:
+        """Record a step of a handoff. It wakes nobody: the phase only informs (readiness is `mark`)."""
+        slot = self.slots.get(node_id)
+        if slot is not None:
+            slot.phase = phase
 
     def loads(self) -> list[NodeLoad]:
         return [slot.load() for slot in self.slots.values()]

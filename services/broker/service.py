@@ -1,17 +1,18 @@
 """The broker at its edges: NATS in and out, KV persistence, httpx to the MLNodes, HTTP server.
 
-Everything that decides lives in the pure modules and the coordinator; this module only wires
-them and runs the loops: the `version.changed` consumer, the reconcile round (default 30 s), the
-pending-stop round, and the readiness probe of the next plan.
+`build_broker` is the one composition root: it builds the adapters (bus, KV, MLNode clients,
+registry client, metrics), hands them to the core (`Coordinator`), loads its state, and returns
+a `BrokerService` ready to run. The service only runs the loops (the `version.changed`
+consumer, the reconcile round, the pending-stop round, the readiness probe) and serves HTTP.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from collections.abc import Awaitable, Callable
 
-import uvicorn
 from fastapi import FastAPI
 
 from services.broker.coordinator import Coordinator
@@ -27,15 +28,18 @@ from services.broker.settings import BrokerSettings
 from shared.bus import Bus
 from shared.consumer import Delivery, DurableConsumer
 from shared.events import Event, VersionChanged
+from shared.http_serving import HttpServer
 from shared.kv_store import VersionedStore
 from shared.logging import get_logger
 from shared.metrics import ServiceMetrics
 from shared.ops_app import ReadinessCheck
 from shared.provisioning import broker_consumer
 
-__all__ = ["BrokerService", "BusPublisher"]
+__all__ = ["BrokerService", "BusPublisher", "build_broker", "run_broker"]
 
 log = get_logger(__name__)
+
+HTTP_GRACE_S = 5.0
 
 
 class BusPublisher:
@@ -59,66 +63,70 @@ async def _every(name: str, interval_s: float, work: Callable[[], Awaitable[obje
         await asyncio.sleep(interval_s)
 
 
-class BrokerService:
-    def __init__(self, settings: BrokerSettings, metrics: ServiceMetrics | None = None) -> None:
-        self.settings = settings
-        self.metrics = metrics or ServiceMetrics(settings.service_name)
-        self.pool = NodePool()
-        self.broker_metrics = BrokerMetrics(self.metrics, self.pool)
-        self.book = ClientBook(settings.client.timeouts())
-        self.forwarder = Forwarder(
-            self.pool, self.book, self.broker_metrics, settings.request_wait_s, settings.forward_attempts
+def seed_nodes(settings: BrokerSettings) -> tuple[NodeConfig, ...]:
+    path = settings.nodes_file
+    return () if path is None else load_node_file(path.read_text())
+
+
+async def build_broker(settings: BrokerSettings, metrics: ServiceMetrics | None = None) -> BrokerService:
+    """Edges, then the core on them, then its state loaded: the service returned is ready to run."""
+    s = settings
+    seed = seed_nodes(s)  # a bad file is an error at start-up, not later
+    metrics = metrics or ServiceMetrics(s.service_name)
+    pool = NodePool()
+    broker_metrics = BrokerMetrics(metrics, pool)
+    book = ClientBook(s.client.timeouts())
+    bus = await Bus.connect(s.nats, s.service_name, metrics, give_up_after_s=None)
+    try:
+        kv = await bus.bind_bucket(s.bucket)  # provisioned: `mlnode-upgrade nats provision`
+        coordinator = Coordinator(
+            kv_store(VersionedStore(kv)),
+            HttpGateway(book, s.dtype),
+            pool,
+            BusPublisher(bus),
+            NatsRegistryReader(bus, s.registry_timeout_s),
+            broker_metrics,
+            s.policies(),
         )
-        self._bus: Bus | None = None
-        self._coordinator: Coordinator | None = None
+        await coordinator.start(seed)
+    except BaseException:
+        await book.aclose()
+        await bus.close()
+        raise
+    forwarder = Forwarder(pool, book, broker_metrics, s.request_wait_s, s.forward_attempts)
+    return BrokerService(s, bus, pool, coordinator, forwarder, book, broker_metrics)
+
+
+class BrokerService:
+    def __init__(
+        self,
+        settings: BrokerSettings,
+        bus: Bus,
+        pool: NodePool,
+        coordinator: Coordinator,
+        forwarder: Forwarder,
+        book: ClientBook,
+        metrics: BrokerMetrics,
+    ) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.pool = pool
+        self.coordinator = coordinator
+        self.forwarder = forwarder
+        self.book = book
+        self.broker_metrics = metrics
         self._tasks: list[asyncio.Task[None]] = []
         self.started = False
 
-    @property
-    def bus(self) -> Bus:
-        if self._bus is None:
-            raise RuntimeError("BrokerService.start() has not run")
-        return self._bus
-
-    @property
-    def coordinator(self) -> Coordinator:
-        if self._coordinator is None:
-            raise RuntimeError("BrokerService.start() has not run")
-        return self._coordinator
-
-    def seed_nodes(self) -> tuple[NodeConfig, ...]:
-        path = self.settings.nodes_file
-        return () if path is None else load_node_file(path.read_text())
-
-    async def start(self) -> None:
+    def start_rounds(self) -> None:
         s = self.settings
-        seed = self.seed_nodes()  # a bad file is an error at start-up, not later
-        self._bus = await Bus.connect(s.nats, s.service_name, self.metrics, give_up_after_s=None)
-        kv = await self.bus.bind_bucket(s.bucket)  # provisioned: `mlnode-upgrade nats provision`
-        self._coordinator = Coordinator(
-            kv_store(VersionedStore(kv)),
-            HttpGateway(self.book, s.dtype),
-            self.pool,
-            BusPublisher(self.bus),
-            NatsRegistryReader(self.bus, s.registry_timeout_s),
-            self.broker_metrics,
-            s.policies(),
-        )
-        await self.coordinator.start(seed)
-        consumer = DurableConsumer(
-            self.bus,
-            broker_consumer(s.durable, s.ack_wait_s),
-            self._on_event,
-        )
+        c = self.coordinator
+        consumer = DurableConsumer(self.bus, broker_consumer(s.durable, s.ack_wait_s), self._on_event)
         self._tasks = [
             asyncio.create_task(consumer.run()),
-            asyncio.create_task(_every("reconcile", s.reconcile_interval_s, self.coordinator.reconcile)),
-            asyncio.create_task(
-                _every("pending_stops", s.pending_stop_interval_s, self.coordinator.retry_pending_stops)
-            ),
-            asyncio.create_task(
-                _every("readiness", s.readiness_interval_s, self.coordinator.probe_readiness)
-            ),
+            asyncio.create_task(_every("reconcile", s.reconcile_interval_s, c.reconcile)),
+            asyncio.create_task(_every("pending_stops", s.pending_stop_interval_s, c.retry_pending_stops)),
+            asyncio.create_task(_every("readiness", s.readiness_interval_s, c.probe_readiness)),
         ]
         self.started = True
         log.info(
@@ -149,7 +157,7 @@ class BrokerService:
     def readiness_checks(self) -> list[ReadinessCheck]:
         return [
             ReadinessCheck("started", lambda: self.started),
-            ReadinessCheck("nats", lambda: self._bus is not None and self._bus.nc.is_connected),
+            ReadinessCheck("nats", lambda: self.bus.nc.is_connected),
             ReadinessCheck("current_version_known", lambda: self.pool.current is not None),
         ]
 
@@ -168,27 +176,56 @@ class BrokerService:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._coordinator is not None:
-            await self._coordinator.shutdown()
+        await self.coordinator.shutdown()
         await self.book.aclose()
-        if self._bus is not None:
-            await self._bus.close()
+        await self.bus.close()
 
-    async def run(self) -> None:
-        """Start, serve HTTP until SIGTERM/SIGINT, then stop cleanly."""
-        await self.start()
-        config = uvicorn.Config(
-            self.app(),
-            host=self.settings.http_host,
-            port=self.settings.http_port,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=5,
-            timeout_keep_alive=max(1, round(self.settings.http_keep_alive_s)),
-        )
+    async def serve(self, stopping: asyncio.Event) -> None:
+        """Run the rounds and serve HTTP until `stopping` is set (or the server ends), then stop."""
         try:
-            await uvicorn.Server(config).serve()
+            self.start_rounds()
+            server = HttpServer(
+                self.app(),
+                self.settings.http_host,
+                self.settings.http_port,
+                grace_s=HTTP_GRACE_S,
+                timeout_keep_alive=max(1, round(self.settings.http_keep_alive_s)),
+            )
+            await server.start()
+            try:
+                stop_wait = asyncio.create_task(stopping.wait())
+                waits: set[asyncio.Task[object]] = {stop_wait}
+                if server.task is not None:  # it ends early only when the server failed
+                    waits.add(server.task)
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                stop_wait.cancel()
+            finally:
+                await server.stop()
         finally:
             await self.stop()
             log.info("broker stopped")
+
+
+async def run_broker(settings: BrokerSettings) -> None:
+    """The process: build, serve until SIGTERM/SIGINT, then stop cleanly.
+
+    A signal while it is still connecting cancels the build (NATS may be away for good).
+    """
+    stopping = asyncio.Event()
+    building = asyncio.create_task(build_broker(settings))
+
+    def on_signal() -> None:
+        stopping.set()
+        building.cancel()  # a no-op once built
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        service = await building
+    except asyncio.CancelledError:
+        if not stopping.is_set():
+            raise
+        log.info("broker stopped before it was ready")
+        return
+    await service.serve(stopping)

@@ -7,39 +7,20 @@ any moment loses nothing, because the cursor only moves after JetStream acknowle
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import signal
-import sys
-
 from services.chain_watcher.service import SERVICE, ChainWatcher
 from services.chain_watcher.settings import ChainWatcherSettings
-from shared.logging import configure_logging, get_logger
-from shared.settings import SettingsError, load_settings
+from shared.logging import get_logger
+from shared.service_main import run_service, until_signalled
 
 log = get_logger("services.chain_watcher")
 
 
 async def _run(settings: ChainWatcherSettings) -> None:
-    task = asyncio.create_task(ChainWatcher(settings).run())
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, task.cancel)
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await until_signalled(ChainWatcher(settings).run())
     log.info("chain-watcher stopped")
 
 
-def main() -> int:
-    try:
-        settings = load_settings(ChainWatcherSettings)
-    except SettingsError as exc:
-        print(f"chain-watcher: {exc}", file=sys.stderr)
-        return 2
-    configure_logging(SERVICE, settings.log_level)
-    # httpx logs every request at INFO; the watcher polls /status every few seconds.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+def _starting(settings: ChainWatcherSettings) -> None:
     log.info(
         "chain-watcher starting",
         extra={
@@ -49,8 +30,10 @@ def main() -> int:
             "bucket": settings.bucket,
         },
     )
-    asyncio.run(_run(settings))
-    return 0
+
+
+def main() -> int:
+    return run_service(SERVICE, ChainWatcherSettings, _run, on_start=_starting)
 
 
 if __name__ == "__main__":

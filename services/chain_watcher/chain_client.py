@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -25,9 +24,10 @@ from services.chain_watcher.frames import (
     MalformedFrame,
     RpcReply,
     parse_frame,
-    parse_rfc3339,
     subscribe_request,
 )
+from shared.chain_status import ChainStatus, ChainStatusError, parse_status
+from shared.timestamps import parse_rfc3339
 
 __all__ = [
     "HEIGHT_HEADER",
@@ -58,14 +58,6 @@ class QueryError(ChainError):
     def __init__(self, message: str, code: grpc.StatusCode | None) -> None:
         super().__init__(message)
         self.code = code
-
-
-@dataclass(frozen=True, slots=True)
-class ChainStatus:
-    height: int
-    catching_up: bool
-    latest_hash: str | None
-    earliest_height: int | None = None  # the node's lowest retained block (pruning), when it says
 
 
 def _int_string(raw: Any, what: str) -> int:
@@ -104,19 +96,12 @@ class CometRpc:
 
     async def status(self) -> ChainStatus:
         result = await self._get("/status")
-        sync = result.get("sync_info")
-        if not isinstance(sync, dict):
-            raise ChainError(f"GET {self.rpc_url}/status: no sync_info")
-        block_hash = sync.get("latest_block_hash")
-        earliest: int | None = None
-        if sync.get("earliest_block_height") is not None:
-            earliest = _int_string(sync["earliest_block_height"], "sync_info.earliest_block_height") or None
-        return ChainStatus(
-            height=_int_string(sync.get("latest_block_height"), "sync_info.latest_block_height"),
-            catching_up=bool(sync.get("catching_up", False)),
-            latest_hash=block_hash if isinstance(block_hash, str) and block_hash else None,
-            earliest_height=earliest,
-        )
+        try:
+            return parse_status(result)
+        except ChainStatusError as exc:
+            if str(exc) == "no sync_info":
+                raise ChainError(f"GET {self.rpc_url}/status: no sync_info") from None
+            raise ChainError(str(exc)) from None
 
     async def block(self, height: int) -> ObservedBlock:
         """Block `height` as this node serves it; `RpcError` when the node refuses the height."""

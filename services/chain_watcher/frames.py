@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from services.chain_watcher.core import ObservedBlock
 from shared.events import MAX_HEIGHT
+from shared.timestamps import parse_rfc3339  # re-exported: frames carry block times
 
 __all__ = [
     "NEW_BLOCK_EVENT_TYPE",
@@ -32,7 +32,6 @@ __all__ = [
 NEW_BLOCK_QUERY = "tm.event='NewBlock'"
 NEW_BLOCK_EVENT_TYPE = "tendermint/event/NewBlock"
 _HASH = re.compile(r"^[0-9A-Fa-f]{64}$")
-_FRACTION = re.compile(r"\.(\d+)")
 
 
 class MalformedFrame(ValueError):
@@ -59,18 +58,6 @@ def subscribe_request(request_id: str = "1") -> str:
     return json.dumps(
         {"jsonrpc": "2.0", "method": "subscribe", "id": request_id, "params": [NEW_BLOCK_QUERY]}
     )
-
-
-def parse_rfc3339(text: Any) -> datetime | None:
-    """CometBFT times have up to nanoseconds; Python keeps microseconds. None if unreadable."""
-    if not isinstance(text, str) or not text:
-        return None
-    trimmed = _FRACTION.sub(lambda m: "." + m.group(1)[:6].ljust(6, "0"), text, count=1)
-    try:
-        value = datetime.fromisoformat(trimmed.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _get(doc: Any, *path: str) -> Any:

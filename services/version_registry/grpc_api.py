@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from proto.mlnode_upgrade.v1 import registry_pb2, registry_pb2_grpc
-from services.version_registry.service import RegistryService
+from services.version_registry.registry import RegistryService
 from services.version_registry.store import Stored
 
 __all__ = ["RegistryServicer", "to_proto"]

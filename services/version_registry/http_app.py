@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Sequence
 from typing import Annotated
 
 from fastapi import FastAPI, Header, HTTPException, Query
 
 from services.version_registry.core import RollbackRefused
-from services.version_registry.service import RegistryService
+from services.version_registry.registry import RegistryService
 from shared.ops_app import ReadinessCheck, add_ops_routes
 from shared.registry_api import HistoryReply, RegistryState, RollbackRequest
 
 __all__ = ["create_http_app"]
 
 
-def create_http_app(service: RegistryService) -> FastAPI:
+def create_http_app(
+    service: RegistryService, admin_token: str | None, nats_checks: Sequence[ReadinessCheck]
+) -> FastAPI:
+    """`nats_checks` come from the composition root, which owns the connection."""
     app = FastAPI(title="mlnode-upgrade version-registry", strict_content_type=False)
 
     async def synced() -> bool:
@@ -25,8 +29,7 @@ def create_http_app(service: RegistryService) -> FastAPI:
         app,
         service.metrics,
         [
-            ReadinessCheck("nats", lambda: service.bus.nc.is_connected),
-            ReadinessCheck("jetstream", service.bus.jetstream_ready),
+            *nats_checks,
             ReadinessCheck("synced_with_chain", synced),
         ],
         service="version-registry",
@@ -40,7 +43,7 @@ def create_http_app(service: RegistryService) -> FastAPI:
     async def history(limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> HistoryReply:
         return await service.history(limit)
 
-    token = service.settings.resolved_admin_token()
+    token = admin_token
 
     @app.post("/rollback")
     async def rollback(

@@ -1,4 +1,4 @@
-"""The registry's state in one KV key, written with compare-and-swap.
+"""The registry's state in one KV key, written with compare-and-swap (`shared.kv_document`).
 
 The outbox travels with the state: a switch is first written together with the
 `version.changed` events it owes, then published, then cleared. A crash between the steps
@@ -13,9 +13,9 @@ from pydantic import BaseModel, ConfigDict
 
 from services.version_registry.core import CoreState
 from shared.events import VersionChanged
-from shared.kv_store import VersionedStore
+from shared.kv_document import ModelCodec
 
-__all__ = ["STATE_KEY", "RegistryStore", "Stored", "StoredState"]
+__all__ = ["STATE_CODEC", "STATE_KEY", "Stored", "StoredState"]
 
 STATE_KEY = "state"
 
@@ -33,16 +33,5 @@ class Stored:
     revision: int | None  # None: never written
 
 
-class RegistryStore:
-    def __init__(self, store: VersionedStore) -> None:
-        self.store = store
-
-    async def load(self) -> Stored:
-        found = await self.store.get(STATE_KEY)
-        if found is None:
-            return Stored(StoredState(), None)
-        return Stored(StoredState.model_validate_json(found.value), found.revision)
-
-    async def save(self, state: StoredState, revision: int | None) -> int:
-        """Raises StaleRevisionError when another writer got there first."""
-        return await self.store.write(STATE_KEY, state.model_dump_json().encode(), revision)
+# Format 1 adds `"format": 1`; a state written before formats existed reads as format 0.
+STATE_CODEC = ModelCodec(StoredState, version=1)

@@ -8,8 +8,8 @@ import pytest
 from pydantic import ValidationError
 
 from services.broker.models import NodeConfig, PendingStop, PendingStops, load_node_file
-from services.broker.node_store import MemoryDoc
 from services.broker.settings import BrokerSettings
+from shared.kv_document import MemoryDocument
 from tests.unit.broker_fakes import V6, V8
 
 REAL_FORMAT = json.dumps(
@@ -82,7 +82,7 @@ def test_pending_stops_accumulate_attempts_and_forget_by_node_or_version() -> No
 
 
 async def test_memory_doc_counts_only_real_changes() -> None:
-    doc = MemoryDoc(1)
+    doc = MemoryDocument(1)
     await doc.mutate(lambda v: v)
     await doc.mutate(lambda v: v + 1)
     assert (await doc.load(), doc.writes) == (2, 1)

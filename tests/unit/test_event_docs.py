@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from shared.event_docs import render_all, stale_docs
+from devtools.event_docs import render_all, stale_docs
 from shared.events import EVENT_TYPES
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"

@@ -11,7 +11,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("services", "shared", "mock_mlnode", "mock_chain", "cli", "bench")
+PACKAGES = ("services", "shared", "devtools", "mock_mlnode", "mock_chain", "cli", "bench")
 
 
 def _fastapi_calls() -> list[tuple[str, ast.Call]]:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.nginx_config import ProxyServer, VersionUpstream, render_nginx_conf, upstream_name
+from devtools.nginx_config import ProxyServer, VersionUpstream, render_nginx_conf, upstream_name
 from shared.versions import InvalidEndpointError, InvalidVersionError, parse_version
 
 OLD = VersionUpstream.parse("v3.0.6", "mlnode-306:8080")

@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from devtools.generated_files import stale_files, write_files
 from shared.bus import ALL_STREAMS
 from shared.events import EVENT_TYPES, Event, RejectedMessage
-from shared.generated_files import stale_files, write_files
 
 HEADER = """\
 # Events

@@ -7,13 +7,10 @@ of "the server restarted" needs.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
 import urllib.error
@@ -23,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from devtools.processes import ChildProcess, ExitedWhileStarting, NotReadyInTime
 from shared.logging import get_logger
 from shared.nats_config import ClusterConfig, NatsUser, render_server_config
 
@@ -78,7 +76,7 @@ class EmbeddedNats:
         self.extra_args = extra_args
         self.startup_timeout_s = startup_timeout_s
         self.config = config  # renders a config file (users, cluster, TLS); flags are used without one
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: ChildProcess | None = None
 
     @property
     def url(self) -> str:
@@ -93,7 +91,7 @@ class EmbeddedNats:
         return self.data_dir / "nats-server.log"
 
     def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self._proc is not None and self._proc.alive()
 
     @property
     def config_path(self) -> Path:
@@ -137,15 +135,16 @@ class EmbeddedNats:
         return self
 
     def _spawn(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log_file:
-            self._proc = subprocess.Popen(
-                self.command(),
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        # The command is built per spawn: a lost port is picked anew before the first boot.
+        self._proc = ChildProcess(
+            "nats-server",
+            self.command(),
+            log_path=self.log_path,
+            cwd=None,
+            ready=self._jetstream_answers,
+            own_session=True,
+            stdin_devnull=True,
+        ).spawn()
 
     def meta_cluster(self) -> dict[str, Any]:
         """The JetStream meta group as this server sees it (clusters only; empty when unknown)."""
@@ -158,31 +157,28 @@ class EmbeddedNats:
         meta = info.get("meta_cluster") or {}
         return meta if isinstance(meta, dict) else {}
 
-    def meta_leader(self) -> str | None:
-        leader = self.meta_cluster().get("leader")
-        return str(leader) if leader else None
+    def _jetstream_answers(self) -> bool:
+        """Ready means JetStream answers on the monitoring port, not just that the port is open."""
+        health = f"http://{self.host}:{self.monitor_port}/healthz?js-enabled-only=true"
+        try:
+            with urllib.request.urlopen(health, timeout=1) as resp:
+                return bool(resp.status == 200)
+        except (OSError, urllib.error.URLError):
+            return False
 
     def _wait_ready(self) -> None:
-        """Ready means JetStream answers on the monitoring port, not just that the port is open."""
-        deadline = time.monotonic() + self.startup_timeout_s
-        health = f"http://{self.host}:{self.monitor_port}/healthz?js-enabled-only=true"
-        while time.monotonic() < deadline:
-            assert self._proc is not None
-            if self._proc.poll() is not None:
-                raise EmbeddedNatsError(
-                    f"nats-server exited with code {self._proc.returncode}; log tail:\n{self._log_tail()}"
-                )
-            with (
-                contextlib.suppress(OSError, urllib.error.URLError),
-                urllib.request.urlopen(health, timeout=1) as resp,
-            ):
-                if resp.status == 200:
-                    return
-            time.sleep(0.02)  # polling a condition with a deadline, not synchronisation by sleep
-        self.kill()
-        raise EmbeddedNatsError(
-            f"nats-server not ready within {self.startup_timeout_s}s:\n{self._log_tail()}"
-        )
+        assert self._proc is not None
+        try:
+            self._proc.wait_ready(self.startup_timeout_s)
+        except ExitedWhileStarting as exc:
+            raise EmbeddedNatsError(
+                f"nats-server exited with code {exc.returncode}; log tail:\n{self._log_tail()}"
+            ) from None
+        except NotReadyInTime:
+            self.kill()
+            raise EmbeddedNatsError(
+                f"nats-server not ready within {self.startup_timeout_s}s:\n{self._log_tail()}"
+            ) from None
 
     def _log_tail(self, lines: int = 20) -> str:
         try:
@@ -205,15 +201,10 @@ class EmbeddedNats:
 
     def _terminate(self, sig: signal.Signals, timeout_s: float) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
+        if proc is None or not proc.alive():
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, sig)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        proc.send(sig, group=False)
+        proc.reap(timeout_s)
 
     def __enter__(self) -> EmbeddedNats:
         return self.start()

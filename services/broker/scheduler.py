@@ -1,0 +1,106 @@
+"""Who may touch a node, in one place.
+
+The rule: **one management operation per node at a time** (a switch's handoff, a bring-up, a
+pending-stop retry), and **a switch pre-empts upkeep**.
+
+- A switch claims its nodes synchronously, at the moment it is decided: every upkeep task is
+  cancelled and one switch task per node is created before anything can await, so no upkeep
+  slips in between the decision and the handoff. A switch task waits for the node's turn.
+- Upkeep never waits for a turn: it is skipped when the node is busy or claimed by a switch, and
+  runs again next round (it is idempotent). At most one upkeep task runs per node.
+- A removed node is forgotten: its tasks are cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from typing import Any, TypeVar
+
+__all__ = ["NodeScheduler"]
+
+T = TypeVar("T")
+
+
+class NodeScheduler:
+    def __init__(self) -> None:
+        self._turns: dict[str, asyncio.Lock] = {}
+        self._switch: dict[str, asyncio.Task[None]] = {}
+        self._upkeep: dict[str, asyncio.Task[None]] = {}
+
+    def _turn(self, node_id: str) -> asyncio.Lock:
+        lock = self._turns.get(node_id)
+        if lock is None:
+            lock = self._turns[node_id] = asyncio.Lock()
+        return lock
+
+    # -- switches ----------------------------------------------------------------------------------
+
+    def claim_for_switch(
+        self, node_ids: Iterable[str], work: Callable[[str], Coroutine[Any, Any, None]]
+    ) -> dict[str, asyncio.Task[None]]:
+        """Pre-empt upkeep and start `work(node)` for each node; synchronous on purpose (see above)."""
+        for task in self._upkeep.values():
+            task.cancel()
+        self._switch = {n: asyncio.create_task(work(n)) for n in node_ids}
+        return dict(self._switch)
+
+    def release_switch(self) -> None:
+        self._switch = {}
+
+    def claimed_by_switch(self, node_id: str) -> bool:
+        return node_id in self._switch
+
+    @contextlib.asynccontextmanager
+    async def switch_turn(self, node_id: str) -> AsyncIterator[None]:
+        """A switch's work on the node: waits for an upkeep operation under way to end."""
+        async with self._turn(node_id):
+            yield
+
+    # -- upkeep ------------------------------------------------------------------------------------
+
+    async def upkeep_turn(self, node_id: str, work: Callable[[], Awaitable[T]]) -> T | None:
+        """Run `work` as the node's one operation, or skip it (None) when the node is busy."""
+        lock = self._turn(node_id)
+        if lock.locked() or node_id in self._switch:
+            return None
+        async with lock:
+            if node_id in self._switch:
+                return None
+            return await work()
+
+    def spawn_upkeep(self, node_id: str, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """At most one upkeep task per node, none on a node a switch has claimed."""
+        running = self._upkeep.get(node_id)
+        if node_id in self._switch or (running is not None and not running.done()):
+            return
+        task = asyncio.create_task(work())
+        self._upkeep[node_id] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._upkeep.get(node_id) is done:
+                del self._upkeep[node_id]
+
+        task.add_done_callback(forget)
+
+    async def wait_upkeep(self) -> None:
+        tasks = list(self._upkeep.values())
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- membership --------------------------------------------------------------------------------
+
+    def forget(self, node_id: str) -> None:
+        """The node was removed: stop whatever runs on it."""
+        for tasks in (self._switch, self._upkeep):
+            task = tasks.get(node_id)
+            if task is not None:
+                task.cancel()
+        self._turns.pop(node_id, None)
+
+    async def cancel_upkeep(self) -> None:
+        tasks = list(self._upkeep.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
