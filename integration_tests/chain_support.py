@@ -6,10 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -20,6 +17,7 @@ from typing import Any, Protocol
 import httpx
 
 from devtools.embedded_nats import free_port
+from devtools.processes import ChildProcess, python_module
 from integration_tests.conftest import REPO_ROOT
 from mock_chain.gov import GOV_MODULE_ADDRESS
 from mock_chain.server import MockChainServer
@@ -92,24 +90,24 @@ class ChainProcess:
     def __init__(self, log_dir: Path, *args: str) -> None:
         self.rpc_port, self.grpc_port = free_port(), free_port()
         self.log_path = log_dir / f"mock-chain-{self.rpc_port}.log"
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mock_chain",
-                "--rpc-port",
-                str(self.rpc_port),
-                "--grpc-port",
-                str(self.grpc_port),
-                "--block-time-s",
-                "0",
-                *args,
-            ],
-            cwd=REPO_ROOT,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
+        argv = python_module(
+            "mock_chain",
+            "--rpc-port",
+            str(self.rpc_port),
+            "--grpc-port",
+            str(self.grpc_port),
+            "--block-time-s",
+            "0",
+            *args,
         )
+        self.process = ChildProcess(
+            "mock-chain", argv, log_path=self.log_path, cwd=REPO_ROOT, log_mode="wb"
+        ).spawn()
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        assert self.process.popen is not None
+        return self.process.popen
 
     @property
     def rpc_url(self) -> str:
@@ -128,14 +126,7 @@ class ChainProcess:
             return False
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._log.close()
+        self.process.stop(grace_s=10)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -275,9 +266,7 @@ class WatcherProcess:
     def __init__(self, chain: ChainEndpoint, nats_url: str, log_dir: Path, **env: str) -> None:
         self.ops_port = free_port()
         self.log_path = log_dir / f"chain-watcher-{self.ops_port}.log"
-        self._log = self.log_path.open("wb")
         environment = {
-            **os.environ,
             "CHAIN_WATCHER_RPC_URL": chain.rpc_url,
             "CHAIN_WATCHER_GRPC_ADDRESS": chain.grpc_target,
             "CHAIN_WATCHER_NATS__URL": nats_url,
@@ -288,30 +277,29 @@ class WatcherProcess:
             "CHAIN_WATCHER_VERSION_SNAPSHOT_INTERVAL_S": "3600",  # periodic snapshots when asked for
             **env,
         }
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "services.chain_watcher"],
-            cwd=REPO_ROOT,
+        self.process = ChildProcess(
+            "chain-watcher",
+            python_module("services.chain_watcher"),
+            log_path=self.log_path,
             env=environment,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
+            cwd=REPO_ROOT,
+            log_mode="wb",
+        ).spawn()
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        assert self.process.popen is not None
+        return self.process.popen
 
     @property
     def ops_url(self) -> str:
         return f"http://127.0.0.1:{self.ops_port}"
 
     def kill(self) -> None:
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
+        self.process.kill()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self._log.close()
+        self.process.stop(grace_s=10)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

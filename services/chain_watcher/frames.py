@@ -16,7 +16,7 @@ from typing import Any
 
 from services.chain_watcher.core import ObservedBlock
 from shared.events import MAX_HEIGHT
-from shared.timestamps import parse_rfc3339  # re-exported: frames carry block times
+from shared.timestamps import parse_rfc3339
 
 __all__ = [
     "NEW_BLOCK_EVENT_TYPE",
@@ -25,7 +25,6 @@ __all__ = [
     "MalformedFrame",
     "RpcReply",
     "parse_frame",
-    "parse_rfc3339",
     "subscribe_request",
 ]
 

@@ -19,9 +19,9 @@ from services.chain_watcher.frames import (
     MalformedFrame,
     RpcReply,
     parse_frame,
-    parse_rfc3339,
     subscribe_request,
 )
+from shared.timestamps import parse_rfc3339
 
 BLOCK_HASH = "112BC173FD838FB68EB43476816CD7B4C6661B6884A9E357B417EE957E1CF8F7"
 PARTS_HASH = "38D4B26B5B725C4F13571EFE022C030390E4C33C8CF6F88EDD142EA769642DBD"
