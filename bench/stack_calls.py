@@ -109,19 +109,29 @@ class StackCalls(StackAddresses):
         path = "/upgrade/status" if self.cfg.broker == "ours" else "/status"
         return dict(await self.call_json("GET", f"{self.broker_url}{path}"))
 
-    async def all_serving(self, version: str) -> bool:
+    async def all_serving(self, version: str, in_pow: frozenset[str] = frozenset()) -> bool:
+        """Every node serves `version`; those in `in_pow` are in PoC on it instead (not serving)."""
         try:
             status = await self.broker_status()
         except (httpx.HTTPError, BenchError):
             return False
         nodes = status.get("nodes", [])
-        return len(nodes) == self.cfg.nodes and all(
-            n.get("ready") and n.get("version") == version for n in nodes
-        )
 
-    async def settle(self, version: str, timeout_s: float = 120.0) -> None:
-        """Every node serves `version` and (for our broker) the registry recorded it as last used."""
-        await wait_for(lambda: self.all_serving(version), timeout_s, f"every node serving {version}", 0.2)
+        def settled(n: dict[str, Any]) -> bool:
+            if n.get("version") != version:
+                return False
+            return n.get("phase") == "pow" if n.get("id") in in_pow else bool(n.get("ready"))
+
+        return len(nodes) == self.cfg.nodes and all(settled(n) for n in nodes)
+
+    async def settle(
+        self, version: str, timeout_s: float = 120.0, in_pow: frozenset[str] = frozenset()
+    ) -> None:
+        """Every node serves `version` (or is in PoC on it, for `in_pow`) and (for our broker) the
+        registry recorded it as last used."""
+        await wait_for(
+            lambda: self.all_serving(version, in_pow), timeout_s, f"every node serving {version}", 0.2
+        )
         if self.cfg.broker == "ours":
 
             async def recorded() -> bool:

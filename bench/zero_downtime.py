@@ -9,16 +9,24 @@ that behaves like the original implementation (`bench/baselines/original_broker.
 refresh tick, fire-and-forget stop, routing to the new version before its model is loaded).
 Requests are sorted into before / during / after by when they were sent relative to the block's
 own time, and into one-second buckets (`timeline`) to show whether latency recovers.
+
+Our stack has one node more, which the API node put into PoC generate through the broker's node
+endpoint before the switch, with PoC calls going to it through the endpoint during the whole run
+(`bench.poc_endpoint`); the other nodes serve the load, as many as the baseline's. A failed PoC
+call or a phase the new version did not take over fails the run like a failed request does. The
+broker's CPU per request includes its share of the PoC calls (a few per second).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from bench.harness import NEW, OLD, BenchStack, StackConfig
+from bench.harness import NEW, OLD, BenchStack, LogTail, StackConfig
 from bench.loadgen import RawClient, Sample, open_loop, sequential
+from bench.poc_endpoint import PocCall, PocDriver, PocPlan, handoff_window, poc_figures, poc_schedule
 from bench.result import BenchContext, BenchResult, Check
 from bench.stats import ratio, summarize_ms
 
@@ -37,10 +45,11 @@ class Plan:
     during_s: float
     after_s: float
     baseline_tick_s: float  # both of the baseline's periods (the original's are 30 s and 60 s)
+    poc: PocPlan  # the PoC calls to our stack's extra node
 
 
-FULL = Plan((100, 250, 500), 4, 2.0, 0.01, 3.0, 8.0, 3.0, 2.0)
-QUICK = Plan((50,), 2, 0.5, 0.01, 1.0, 4.0, 1.0, 1.0)
+FULL = Plan((100, 250, 500), 4, 2.0, 0.01, 3.0, 8.0, 3.0, 2.0, PocPlan(10.0, 100.0, 0.5))
+QUICK = Plan((50,), 2, 0.5, 0.01, 1.0, 4.0, 1.0, 1.0, PocPlan(5.0, 100.0, 0.5))
 
 
 def phases(samples: list[Sample], block_at: float, during_s: float) -> dict[str, list[Sample]]:
@@ -88,9 +97,11 @@ def _phase_figures(samples: list[Sample]) -> dict[str, Any]:
 
 
 async def run_variant(ctx: BenchContext, kind: str, rate: int, plan: Plan) -> dict[str, Any]:
+    # Ours: one node more, in PoC through the node endpoint (the baseline has no node endpoint).
+    poc_node = f"node-{plan.nodes}" if kind == "ours" else None
     cfg = StackConfig(
         run_dir=ctx.work_dir / f"zero-downtime-{kind}-{rate}",
-        nodes=plan.nodes,
+        nodes=plan.nodes + (0 if poc_node is None else 1),
         model_load_s=plan.model_load_s,
         completion_delay_s=plan.completion_delay_s,
         broker="ours" if kind == "ours" else "baseline",
@@ -98,9 +109,18 @@ async def run_variant(ctx: BenchContext, kind: str, rate: int, plan: Plan) -> di
         baseline_status_s=plan.baseline_tick_s,
         profile=ctx.profile,
     )
+    in_pow = frozenset(() if poc_node is None else (poc_node,))
+    poc_calls: list[PocCall] = []
+    poc_after: dict[str, Any] | None = None
+    window: tuple[float, float] | None = None
     async with BenchStack(cfg) as stack:
         await stack.settle(OLD)
+        poc = None if poc_node is None else PocDriver("127.0.0.1", stack.broker_port, poc_node)
+        if poc is not None:
+            await poc.enter_generate(OLD)
         height = await stack.schedule(NEW)
+        broker_log = LogTail(stack.procs.log_path("broker"))
+        broker_log.new_lines()  # only lines from the switch on
         client = RawClient("127.0.0.1", stack.broker_port)
         await sequential(client, PATH, 20)  # warm the connections and the broker's code paths
         block: dict[str, float] = {}
@@ -109,17 +129,24 @@ async def run_variant(ctx: BenchContext, kind: str, rate: int, plan: Plan) -> di
             await stack.advance(1)
             block["at"] = await stack.block_time(height)
 
+        async def poc_load() -> list[PocCall]:
+            return [] if poc is None else await poc.load(poc_schedule(plan.poc, duration, plan.before_s))
+
         duration = plan.before_s + plan.during_s + plan.after_s
         cpu_before = stack.cpu()
-        samples = await open_loop(client, PATH, rate, duration, at_offsets={plan.before_s: commit})
+        samples, poc_calls = await asyncio.gather(
+            open_loop(client, PATH, rate, duration, at_offsets={plan.before_s: commit}), poc_load()
+        )
         cpu_after = stack.cpu()
         client.close()
         stack.check_alive()
-        await stack.settle(NEW, timeout_s=60)
-        old_states = {
-            i["node"]: i["state"]
-            for i in (await stack.call_json("GET", f"{stack.mock_url(OLD)}/mock/instances"))["instances"]
-        }
+        await stack.settle(NEW, timeout_s=60, in_pow=in_pow)
+        instances = (await stack.call_json("GET", f"{stack.mock_url(OLD)}/mock/instances"))["instances"]
+        old_states = {i["node"]: i["state"] for i in instances}
+        if poc is not None:
+            poc_after = await poc.after_switch(stack, NEW)
+            window = handoff_window(broker_log.new_lines(), f"{height}-{NEW}", poc.node_id)
+            poc.close()
     block_at = block["at"]
     by_phase = phases(samples, block_at, plan.during_s)
     figures = {name: _phase_figures(group) for name, group in by_phase.items()}
@@ -130,10 +157,12 @@ async def run_variant(ctx: BenchContext, kind: str, rate: int, plan: Plan) -> di
     for s in failed:
         key = f"{s.status} {s.error[:60]}"
         errors[key] = errors.get(key, 0) + 1
+    poc_result = None if poc_after is None else {**poc_after, **poc_figures(poc_calls, block_at, window, NEW)}
     return {
         "requests": len(samples),
         "failed": len(failed),
         "offered_rps": rate,
+        "serving_nodes": plan.nodes,
         "served_by_version": {v: sum(1 for s in samples if s.ok and s.version == v) for v in (OLD, NEW)},
         "phases": figures,
         # Back to normal after the switch: the median within twice what it was before.
@@ -152,6 +181,7 @@ async def run_variant(ctx: BenchContext, kind: str, rate: int, plan: Plan) -> di
             if k in ("broker", "baseline-broker", f"mlnode-{OLD}", f"mlnode-{NEW}", "nginx")
         },
         "timeline": timeline(samples, block_at),
+        "poc": poc_result,  # None for the baseline
     }
 
 
@@ -163,7 +193,11 @@ async def run(ctx: BenchContext) -> BenchResult:
     rows: list[tuple[str, str]] = []
     for rate in plan.rates:
         ours = await run_variant(ctx, "ours", rate, plan)
-        ctx.say(f"  {rate} rps, ours: {ours['failed']} failed of {ours['requests']}")
+        poc = ours["poc"]
+        ctx.say(
+            f"  {rate} rps, ours: {ours['failed']} failed of {ours['requests']}; PoC calls "
+            f"{poc['failed']} failed of {poc['calls']}, phase kept: {poc['phase_kept']}"
+        )
         base = await run_variant(ctx, "baseline", rate, plan)
         ctx.say(f"  {rate} rps, baseline: {base['failed']} failed of {base['requests']}")
         by_rate[str(rate)] = {
@@ -175,6 +209,7 @@ async def run(ctx: BenchContext) -> BenchResult:
             ),
         }
         checks.append(Check.at_most(f"failed requests at {rate} rps (ours)", ours["failed"], 0, "requests"))
+        checks += _poc_checks(rate, poc)
         for name, v in (("ours", ours), ("baseline", base)):
             p = v["phases"]
             rows.append(
@@ -187,6 +222,7 @@ async def run(ctx: BenchContext) -> BenchResult:
                     + ("" if v["latency_recovered"] else " (latency did not recover)"),
                 )
             )
+        rows += _poc_rows(rate, poc)
         ours_share = ours["failed"] / max(ours["requests"], 1)
         base_share = base["failed"] / max(base["requests"], 1)
         times = by_rate[str(rate)]["failed_ratio_baseline_to_ours"]
@@ -209,6 +245,8 @@ async def run(ctx: BenchContext) -> BenchResult:
             "baseline_refresh_tick_s": plan.baseline_tick_s,
             "baseline_status_tick_s": plan.baseline_tick_s,
             "original_periods_s": {"refresh": 30, "status": 60},
+            "poc_calls": asdict(plan.poc),
+            "poc_nodes_ours": 1,
         },
         "rates": by_rate,
         "p99_during_ms_at_top_rate": {
@@ -216,6 +254,10 @@ async def run(ctx: BenchContext) -> BenchResult:
             "baseline": by_rate[top]["baseline"]["phases"]["during"]["p99_ms"],
         },
         "max_latency_during_s_ours": _max_during(by_rate),
+        "poc_ours": {
+            rate: {k: v["ours"]["poc"][k] for k in ("calls", "failed", "answered_by_version", "phase_kept")}
+            for rate, v in by_rate.items()
+        },
     }
     return BenchResult("zero_downtime", figures, checks, rows, time.monotonic() - started)
 
@@ -226,3 +268,37 @@ def _max_during(by_rate: dict[str, Any]) -> dict[str, float | None]:
         ms = v["ours"]["phases"]["during"]["max_ms"]
         out[rate] = None if ms is None else round(ms / 1000, 3)
     return out
+
+
+def _poc_checks(rate: int, poc: dict[str, Any]) -> list[Check]:
+    """A failed PoC call, or a phase the new version did not take over, fails the run."""
+    kept = 1 if poc["phase_kept"] else 0
+    return [
+        Check.at_most(
+            f"failed PoC calls via the node endpoint at {rate} rps (ours)", poc["failed"], 0, "calls"
+        ),
+        Check.at_least(
+            f"PoC node GENERATING on {NEW} after the switch at {rate} rps (ours)", kept, 1, "nodes"
+        ),
+    ]
+
+
+def _poc_rows(rate: int, poc: dict[str, Any]) -> list[tuple[str, str]]:
+    during = poc["during_handoff"]
+    by_version = ", ".join(f"{v} {n}" for v, n in poc["answered_by_version"].items())
+    final = poc["final_status"]
+    return [
+        (
+            f"{rate} rps ours: PoC calls failed/sent; by answering version",
+            f"{poc['failed']}/{poc['calls']}; {by_version}",
+        ),
+        (
+            f"{rate} rps ours: PoC calls sent during {poc['node']}'s handoff; wait p50|max",
+            f"{during['calls']} ({during['failed']} failed); {during['p50_ms']}|{during['max_ms']} ms",
+        ),
+        (
+            f"{rate} rps ours: {poc['node']} after the switch",
+            f"{final['status'] or final['http']} on {final['version'] or '-'}"
+            + ("; init body carried" if poc["init_body_carried"] else "; init body NOT carried"),
+        ),
+    ]

@@ -1,9 +1,11 @@
 """`mlnode-upgrade demo`: a whole upgrade on the local stack, under load, checked end to end.
 
-Starts the stack, waits until every node serves the old version, sends steady inference load
-through the broker, proposes the new version a few blocks ahead, shows the switch live, and then
-checks what an operator cares about: the switch happened at the plan's height, every node
-serves the new version, the old version is stopped on every node, and no request failed.
+Starts the stack, waits until every node serves the old version, puts the last node into a
+proof-of-compute phase through the broker's node endpoint (as the API node does every epoch),
+sends steady inference load through the broker and PoC calls to that node, proposes the new
+version a few blocks ahead, shows the switch live, and then checks what an operator cares about:
+the switch happened at the plan's height, every node serves the new version (the PoC node is in
+the same PoC phase on it), the old version is stopped on every node, and no request failed.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from cli.demo_poc import PocRound
 from cli.propose import build_proposal
 from cli.stack import LocalStack, StackConfig, StackInfo
 from shared.chain_status import parse_status_reply
@@ -69,6 +72,11 @@ class DemoSummary:
     new_version_serving: dict[str, bool]
     problems: list[str]
     run_dir: str
+    poc_node: str | None = None
+    poc_calls_sent: int = 0
+    poc_calls_by_version: dict[str, int] = field(default_factory=dict)
+    poc_failed_calls: int = 0
+    poc_phase_carried: bool | None = None
 
 
 async def _send_one(client: httpx.AsyncClient, broker: str, stream: bool, stats: LoadStats) -> None:
@@ -135,9 +143,14 @@ async def _height(client: httpx.AsyncClient, info: StackInfo) -> int:
 
 
 def _all_serving(status: Any, version: str, nodes: int) -> bool:
+    """Every node is on `version` and serves it, or runs the PoC phase it was given ('pow')."""
     if not status:
         return False
-    serving = [n for n in status.get("nodes", []) if n.get("version") == version and n.get("ready")]
+    serving = [
+        n
+        for n in status.get("nodes", [])
+        if n.get("version") == version and (n.get("ready") or n.get("phase") == "pow")
+    ]
     return len(serving) == nodes
 
 
@@ -218,6 +231,8 @@ class _DemoRun:
     timeout_s: float
     stats: LoadStats = field(default_factory=LoadStats)
     problems: list[str] = field(default_factory=list)
+    poc: PocRound | None = None
+    poc_carried: bool | None = None
 
     @property
     def nodes(self) -> int:
@@ -231,6 +246,15 @@ class _DemoRun:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the nodes did not come up on {version} within {self.timeout_s}s")
             await asyncio.sleep(0.2)  # polling the stack's state with a deadline
+
+    async def start_poc(self) -> None:
+        """Step 1b: with two nodes or more, the last one starts a PoC phase through the node endpoint."""
+        if self.nodes < 2:
+            return
+        node = list(self.info.mlnodes)[-1]
+        self.poc = PocRound(self.info.broker_url, node, self.info.old_version)
+        await self.poc.start(self.client, await _height(self.client, self.info))
+        self.console.print(f"{node} is in a PoC generate phase, driven through {self.poc.base}")
 
     async def propose(self, lead_blocks: int) -> int:
         """Step 2: propose the new version `lead_blocks` after the voting period; the plan's height."""
@@ -301,10 +325,16 @@ class _DemoRun:
             new_state = await _json(self.client, f"{urls[new]}/api/v1/state")
             stops = await _json(self.client, f"{urls[old]}/mock/requests?route=/api/v1/stop&method=POST")
             out.stopped[node] = (old_state or {}).get("state") == "STOPPED"
-            out.serving[node] = (new_state or {}).get("state") == "INFERENCE"
             out.stop_calls[node] = len((stops or {}).get("requests", []))
             if not out.stopped[node]:
                 self.problems.append(f"{node}: {old} is {old_state}, not STOPPED")
+            if self.poc is not None and node == self.poc.node:
+                wrong = await self.poc.carried(self.client, urls[new])
+                self.poc_carried = out.serving[node] = wrong is None
+                if wrong:
+                    self.problems.append(wrong)
+                continue
+            out.serving[node] = (new_state or {}).get("state") == "INFERENCE"
             if not out.serving[node]:
                 self.problems.append(f"{node}: {new} is {new_state}, not serving")
         return out
@@ -315,6 +345,11 @@ class _DemoRun:
             self.problems.append(f"{len(self.stats.failures)} requests failed")
         if not self.stats.ok_by_version.get(self.info.new_version):
             self.problems.append(f"no request was served by {self.info.new_version}")
+        if self.poc is not None:
+            if self.poc.failures:
+                self.problems.append(f"{len(self.poc.failures)} PoC calls failed: {self.poc.failures[:3]}")
+            if not self.poc.by_version.get(self.info.new_version):
+                self.problems.append(f"no PoC call was answered by {self.info.new_version}")
 
     def summary(
         self, target: int, switch_height: int | None, block_to_ready: float | None, nodes: _NodeOutcomes
@@ -339,6 +374,11 @@ class _DemoRun:
             new_version_serving=nodes.serving,
             problems=self.problems,
             run_dir=self.info.run_dir,
+            poc_node=self.poc.node if self.poc else None,
+            poc_calls_sent=self.poc.sent if self.poc else 0,
+            poc_calls_by_version=dict(self.poc.by_version) if self.poc else {},
+            poc_failed_calls=len(self.poc.failures) if self.poc else 0,
+            poc_phase_carried=self.poc_carried,
         )
 
 
@@ -349,10 +389,11 @@ async def drive(
     async with httpx.AsyncClient() as client:
         run = _DemoRun(info, client, console, live, timeout_s)
         await run.wait_until_serving(info.old_version)
+        await run.start_poc()
         console.print(
             f"[green]every node serves {info.old_version}[/]; sending {rps:g} requests/s through the broker"
         )
-        async with _steady_load(info.broker_url, rps, run.stats):
+        async with _steady_load(info.broker_url, rps, run.stats), _poc_calls(run):
             target = await run.propose(lead_blocks)
             ready_at = await run.watch_switch(target)
             await asyncio.sleep(2.0)  # keep the load on a little after the switch
@@ -362,6 +403,15 @@ async def drive(
         nodes = await run.node_outcomes()
         run.load_problems()
     return run.summary(target, switch_height, block_to_ready, nodes)
+
+
+@contextlib.asynccontextmanager
+async def _poc_calls(run: _DemoRun) -> AsyncIterator[None]:
+    if run.poc is None:
+        yield
+        return
+    async with run.poc.calls(run.client):
+        yield
 
 
 def print_summary(summary: DemoSummary, console: Console) -> None:
@@ -379,6 +429,14 @@ def print_summary(summary: DemoSummary, console: Console) -> None:
         calls = summary.old_version_stop_calls[node]
         table.add_row(
             f"{node}: {summary.old_version}", f"{'STOPPED' if stopped else 'NOT STOPPED'} ({calls} stop)"
+        )
+    if summary.poc_node is not None:
+        answered = ", ".join(f"{v}: {n}" for v, n in sorted(summary.poc_calls_by_version.items()))
+        carried = "carried" if summary.poc_phase_carried else "NOT carried"
+        table.add_row(
+            f"{summary.poc_node}: PoC",
+            f"generate phase {carried} to {summary.new_version}; {summary.poc_calls_sent} calls "
+            f"({answered}), {summary.poc_failed_calls} failed",
         )
     console.print(table)
     for problem in summary.problems:

@@ -1,21 +1,69 @@
-"""`mlnode-upgrade dev up`: the local stack in the foreground until Ctrl-C."""
+"""`mlnode-upgrade dev up`: the local stack in the foreground until Ctrl-C.
+
+Besides the table of addresses it writes `api-node-config.json` to the run directory: the node
+config an API node uses to reach every node through the broker's node endpoint (both ports the
+broker's, segment `/nodes/{id}`), so its calls always go to the node's current version.
+"""
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
+from pathlib import Path
 from types import FrameType
+from urllib.parse import urlsplit
 
 from rich.console import Console
 from rich.table import Table
 
 from cli.stack import LocalStack, StackConfig, StackInfo
 from cli.supervisor import ChildExit, SupervisorError
+from devtools.stack_env import proxy_node_configs
+from services.broker.models import NodeConfig
 
-__all__ = ["dev_up"]
+__all__ = ["API_NODE_CONFIG", "api_node_configs", "dev_up", "node_endpoint", "write_api_node_config"]
+
+API_NODE_CONFIG = "api-node-config.json"
 
 
-def _table(info: StackInfo) -> Table:
+def node_segment(node: str) -> str:
+    return f"/nodes/{node}"
+
+
+def node_endpoint(broker_url: str, node: str) -> str:
+    """The broker's endpoint for one node: where an API node's calls to it go."""
+    return f"{broker_url}{node_segment(node)}"
+
+
+def api_node_configs(info: StackInfo, model: str) -> list[NodeConfig]:
+    """The API node's node config for the stack's nodes, each reached through the broker."""
+    broker = urlsplit(info.broker_url)
+    if broker.hostname is None or broker.port is None:
+        raise ValueError(f"the broker URL {info.broker_url!r} has no host and port")
+    return [
+        NodeConfig.model_validate(
+            {
+                **node,
+                "host": broker.hostname,
+                "inference_port": broker.port,
+                "inference_segment": node_segment(node["id"]),
+                "poc_port": broker.port,
+                "poc_segment": node_segment(node["id"]),
+            }
+        )
+        for node in proxy_node_configs(info.proxies, model)
+    ]
+
+
+def write_api_node_config(info: StackInfo, model: str) -> Path:
+    path = Path(info.run_dir) / API_NODE_CONFIG
+    nodes = [n.model_dump(mode="json", exclude_none=True) for n in api_node_configs(info, model)]
+    path.write_text(json.dumps(nodes, indent=2) + "\n")
+    return path
+
+
+def _table(info: StackInfo, api_node_config: Path) -> Table:
     table = Table(title="local stack", show_header=False)
     table.add_column("", style="bold")
     table.add_column("")
@@ -27,6 +75,8 @@ def _table(info: StackInfo) -> Table:
     for node, url in info.proxies.items():
         versions = ", ".join(f"{v} {u}" for v, u in info.mlnodes[node].items())
         table.add_row(f"{node} (nginx)", f"{url}  [{versions}]")
+        table.add_row(f"{node} (API node's endpoint)", node_endpoint(info.broker_url, node))
+    table.add_row("API node's node config", str(api_node_config))
     table.add_row("secrets", info.secrets_dir)
     return table
 
@@ -60,7 +110,7 @@ def dev_up(config: StackConfig) -> int:
             console.print(f"[red]the stack did not start:[/] {exc}", markup=False)
             return 1
         started.set()
-        console.print(_table(info))
+        console.print(_table(info, write_api_node_config(info, config.model)))
         console.print(
             f"propose an upgrade: mlnode-upgrade propose --submit {info.chain_rpc_url} "
             f"--height <H> --node-version {info.new_version} --deposit 1ngonka"

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +23,12 @@ from devtools.nginx_process import NginxProcess, local_proxy
 from devtools.stack_env import NatsAccess, broker_env, fleet_node_configs, registry_env
 from integration_tests.mlnode_procs import MockMLNodeProcess
 from integration_tests.service_procs import ServiceProcess
+from integration_tests.support import eventually
 from shared.bus import BROKER_STREAM, Bus
 from shared.events import BlockCommitted, ChainVersionObserved, UpgradeScheduled
 from shared.versions import MLNodeVersion
 
-__all__ = ["BrokerProcess", "MLNodeStack", "RegistryProcess", "ServiceProcess", "chain_switch"]
+__all__ = ["BrokerProcess", "MLNodeStack", "RegistryProcess", "ServiceProcess", "chain_switch", "serving_on"]
 
 OLD, NEW = "v3.0.6", "v3.0.8"
 MODEL = "Qwen/Qwen2.5-7B-Instruct"
@@ -211,3 +212,24 @@ def running(*procs: ServiceProcess) -> Iterator[None]:
     finally:
         for proc in procs:
             proc.stop()
+
+
+@asynccontextmanager
+async def serving_on(
+    bus: Bus, nats_url: str, tmp: Path, version: str = OLD, **stack_args: Any
+) -> AsyncIterator[tuple[MLNodeStack, RegistryProcess, BrokerProcess]]:
+    """The mocks behind nginx (`stack_args` as `MLNodeStack` takes them), the registry and the
+    broker, with every node serving `version`; all stopped on leaving."""
+    stack = MLNodeStack(tmp, **stack_args)
+    registry = RegistryProcess(nats_url, tmp / "logs")
+    broker = BrokerProcess(nats_url, tmp / "logs", stack.write_nodes_file())
+    registry.start()
+    broker.start()
+    try:
+        await chain_start(bus, version)
+        await eventually(lambda: broker.all_ready_on(version), timeout=20, message=f"every node on {version}")
+        yield stack, registry, broker
+    finally:
+        broker.stop()
+        registry.stop()
+        stack.stop()

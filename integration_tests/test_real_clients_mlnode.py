@@ -22,11 +22,9 @@ from bench.loadgen import Reply, read_reply
 from devtools.embedded_nats import EmbeddedNats
 from integration_tests.broker_stack import (
     MODEL,
+    NEW,
     OLD,
-    BrokerProcess,
-    MLNodeStack,
-    RegistryProcess,
-    chain_start,
+    serving_on,
 )
 from integration_tests.support import eventually, serve_asgi
 from mock_mlnode.app import VERSION_HEADER, create_app
@@ -213,17 +211,33 @@ async def test_the_broker_passes_the_api_nodes_inference_calls_through_intact(
 ) -> None:
     """Through the broker (mock MLNodes behind real nginx): logprobs and the usage chunk survive."""
     inference = [c for c in FIXTURE["calls"] if c["base"] == "inference" and c["path"] != "/health"]
-    registry = RegistryProcess(nats_server.url, tmp_path / "logs")
-    stack = MLNodeStack(tmp_path, nodes=1)
-    broker = BrokerProcess(nats_server.url, tmp_path / "logs", stack.write_nodes_file())
-    registry.start()
-    broker.start()
-    try:
-        await chain_start(bus, OLD)
-        await eventually(lambda: broker.all_ready_on(OLD), timeout=20, message=f"every node ready on {OLD}")
+    async with serving_on(bus, nats_server.url, tmp_path, nodes=1) as (_stack, _registry, broker):
         calls = [{**c, "body": {**c["body"], "model": MODEL}} for c in inference]
         assert await replay(broker.url, broker.url, calls) == [c["name"] for c in inference]
-    finally:
-        broker.stop()
-        registry.stop()
-        stack.stop()
+
+
+async def test_a_nodes_whole_life_passes_through_the_brokers_node_endpoint(
+    bus: Bus, nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    """Every fixture call, as the Go client sends it, through `/nodes/{id}` (both URLs of the node).
+
+    Once under the bare segment the API node's node config names, once under the versioned
+    prefix its client builds (`http://host:port/{version}{segment}`); each answer decodes as the
+    Go structs read it. The broker brought the node up, so the API node's life starts with a stop.
+    """
+    calls = FIXTURE["calls"]
+    async with serving_on(bus, nats_server.url, tmp_path, nodes=1, model_load_s=0.1) as (
+        stack,
+        _registry,
+        broker,
+    ):
+        for base in (f"{broker.url}/nodes/node-0", f"{broker.url}/{OLD}/nodes/node-0"):
+            stopped = await go_request(base, "POST", "/api/v1/stop")
+            assert stopped.status == 200, f"{base}: stop answered {stopped.status} {stopped.body[:300]!r}"
+            assert await replay(base, base, calls) == [c["name"] for c in calls], base
+        # Every call reached the node's current version, and through nginx the node's own instance.
+        seen = stack.requests(OLD, node="node-0")
+        for call in calls:
+            assert any(r["route"] == call["path"] and r["method"] == call["method"] for r in seen), call
+        own = {"/api/v1/state", "/health", "/v1/models"}  # what the broker itself may read on NEW
+        assert not [r for r in stack.requests(NEW) if r["route"] in {c["path"] for c in calls} - own]

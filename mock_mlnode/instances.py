@@ -59,6 +59,7 @@ class Instance:
             "model": m.model,
             "inference": m.inference.value,
             "pow": m.pow.value,
+            "pow_params": m.pow_params,  # the init body as received: a test can see what a switch carried
             "train_running": m.train_running,
             "in_flight": self.in_flight,
             "generation": m.generation,

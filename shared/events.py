@@ -157,6 +157,10 @@ class NodeOutcome(BaseModel):
     node_id: NodeId
     outcome: Literal["ready", "stop_pending", "failed", "removed"]
     detail: Annotated[str, Field(max_length=2048)] = ""
+    # What the node does on the new version (inference, pow_generate, pow_validate, pow, train,
+    # stopped) and whether that is the work it had before the switch; `detail` says why not.
+    work: Annotated[str, Field(pattern=r"^[a-z_]{1,32}$")] | None = None
+    carried: bool | None = None
 
 
 class BrokerRefreshed(Event):
@@ -169,6 +173,10 @@ class BrokerRefreshed(Event):
         '{"transition_id": "12000-v3.0.8", "version": "v3.0.8", "previous": "v3.0.6",'
         ' "nodes": [{"node_id": "node-1", "outcome": "ready"},'
         ' {"node_id": "node-2", "outcome": "stop_pending", "detail": "stop returned 500"}]}',
+        '{"transition_id": "12000-v3.0.8", "version": "v3.0.8", "previous": "v3.0.6",'
+        ' "nodes": [{"node_id": "node-1", "outcome": "ready", "work": "pow_generate", "carried": true},'
+        ' {"node_id": "node-2", "outcome": "ready", "work": "stopped", "carried": false,'
+        ' "detail": "pow_validate not carried: /api/v1/stop from the API node was waiting and runs next"}]}',
     )
 
     transition_id: TransitionId

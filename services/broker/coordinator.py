@@ -9,7 +9,8 @@ Each job has its own module:
 - `pending_stops` keeps the stops still to be confirmed;
 - `upkeep` brings nodes up and retries pending stops between switches;
 - `probing` reports readiness for the next plan; `node_admin` changes the node list;
-- `status` is the read-only view the HTTP app reads.
+- `status` is the read-only view the HTTP app reads;
+- `work_book` keeps each node's work as the API node set it, for a handoff to carry.
 
 This module only follows the registry and the events, and runs the reconcile round.
 """
@@ -37,6 +38,7 @@ from services.broker.status import BrokerStatus
 from services.broker.switch import SwitchRunner
 from services.broker.transition import change_from_event, change_from_registry
 from services.broker.upkeep import Upkeep
+from services.broker.work_book import WorkBook
 from shared.events import BrokerReadiness, VersionChanged
 from shared.logging import get_logger
 
@@ -76,7 +78,8 @@ class Coordinator:
         self.registry = registry
         self.metrics = metrics
         scheduler = NodeScheduler()
-        runner = HandoffRunner(pool, gateway, clock=clock, sleep=sleep)
+        self.works = WorkBook(store.work)
+        runner = HandoffRunner(pool, gateway, self.works, clock=clock, sleep=sleep)
         self.ledger = SwitchLedger(store.transition, publisher, metrics, wall=wall)
         self.pending = PendingStopBook(store.pending, metrics, wall=wall)
         self.switch = SwitchRunner(
@@ -98,7 +101,7 @@ class Coordinator:
             store.nodes, pool, gateway, scheduler, self.pending, self.ledger, self.switch, self.upkeep
         )
         self.status = BrokerStatus(pool, self.ledger, self.pending, self.prober, self.switch.running)
-        self._scheduler = scheduler
+        self.scheduler = scheduler
 
     @property
     def readiness(self) -> BrokerReadiness | None:
@@ -109,6 +112,7 @@ class Coordinator:
     async def start(self, seed: tuple[NodeConfig, ...]) -> None:
         """Load nodes (the config file seeds the KV once), then resume an unfinished switch."""
         await self.nodes.load(seed)
+        await self.works.load()
         await self.pending.count()
         record = await self.ledger.load()
         if record is None:
@@ -189,6 +193,7 @@ class Coordinator:
 
     async def remove_node(self, node_id: str) -> None:
         await self.nodes.remove(node_id)
+        await self.works.forget(node_id)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -198,4 +203,4 @@ class Coordinator:
 
     async def shutdown(self) -> None:
         """Cancel running work; a restart resumes it from the KV record."""
-        await asyncio.gather(self.switch.shutdown(), self._scheduler.cancel_upkeep())
+        await asyncio.gather(self.switch.shutdown(), self.scheduler.cancel_upkeep())

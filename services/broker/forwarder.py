@@ -9,15 +9,14 @@ the connection or answers 502/503/504 before any byte was relayed is given up fo
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import httpx
-from starlette.background import BackgroundTask
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from services.broker.metrics import BrokerMetrics
 from services.broker.mlnode_client import ClientBook
 from services.broker.pool import Lease, NodePool, NoNodeReady
+from services.broker.relay import answer_headers, passed_headers, relay
 from shared.logging import get_logger
 
 __all__ = ["NODE_HEADER", "Forwarder"]
@@ -26,12 +25,6 @@ log = get_logger(__name__)
 
 NODE_HEADER = "x-broker-node"
 RETRY_STATUSES = frozenset({502, 503, 504})
-# Request headers passed on; everything else (host, hop-by-hop, content-length) is the client's own.
-_PASS_REQUEST = ("content-type", "accept", "authorization", "x-request-id", "user-agent")
-# Response headers not passed on: hop-by-hop ones, and the encoding (bodies are relayed decoded).
-_DROP_RESPONSE = frozenset(
-    {"content-length", "content-encoding", "transfer-encoding", "connection", "keep-alive", "date", "server"}
-)
 
 
 def _error(status: int, message: str, kind: str) -> JSONResponse:
@@ -53,7 +46,7 @@ class Forwarder:
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + self.wait_s
-        passed = {k: v for k, v in headers.items() if k.lower() in _PASS_REQUEST}
+        passed = passed_headers(headers)
         last_error = ""
         failed: set[str] = set()
         for attempt in range(1, self.attempts + 1):
@@ -104,37 +97,16 @@ class Forwarder:
 
     async def _relay(self, route: str, upstream: httpx.Response, lease: Lease) -> Response:
         """Pass the answer through chunk by chunk; the lease ends when the last byte went out."""
-        headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _DROP_RESPONSE}
+        headers = answer_headers(upstream)
         headers[NODE_HEADER] = lease.node.id
+        relayed = await relay(
+            upstream,
+            headers,
+            lambda: self.pool.release(lease),
+            lambda exc: _error(
+                502, f"{lease.node.id} broke off its answer: {type(exc).__name__}", "bad_gateway"
+            ),
+        )
         result = "ok" if upstream.status_code < 400 else f"http_{upstream.status_code}"
-        released = False
-
-        def finish() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self.pool.release(lease)
-
-        async def chunks() -> AsyncIterator[bytes]:
-            try:
-                async for chunk in upstream.aiter_bytes():
-                    yield chunk
-            finally:
-                await upstream.aclose()
-                finish()
-
-        if upstream.headers.get("content-type", "").startswith("text/event-stream"):
-            self.metrics.forwarded_total.labels(route=route, result=result).inc()
-            return StreamingResponse(
-                chunks(), status_code=upstream.status_code, headers=headers, background=BackgroundTask(finish)
-            )
-        try:
-            content = b"".join([chunk async for chunk in upstream.aiter_bytes()])
-        except httpx.HTTPError as exc:
-            self.metrics.forwarded_total.labels(route=route, result="error").inc()
-            return _error(502, f"{lease.node.id} broke off its answer: {type(exc).__name__}", "bad_gateway")
-        finally:
-            await upstream.aclose()
-            finish()
-        self.metrics.forwarded_total.labels(route=route, result=result).inc()
-        return Response(content=content, status_code=upstream.status_code, headers=headers)
+        self.metrics.forwarded_total.labels(route=route, result="error" if relayed.broken else result).inc()
+        return relayed.response

@@ -2,10 +2,16 @@
 
 One handoff moves one node to `target`:
 
-    drain the old versions' in-flight work (bounded)
+    read what the old version is doing (`state`, and `pow/status` in POW)
+    → drain the old versions' in-flight work (bounded)
     → for each old version: POST stop (retried with backoff) → GET state must say STOPPED
-    → GET state of the target: INFERENCE means it is up already (a resumed handoff), else inference/up
-    → GET the target's /v1/models until its model answers (bounded) → finished
+    → an API node's call waiting for the node takes over from here (its work runs next, as it asked)
+    → bring the target into the node's work (`node_work.carry_for`):
+        serving a model: GET state of the target: INFERENCE means it is up already (a resumed
+            handoff), else inference/up → GET the target's /v1/models until it answers (bounded);
+        PoC or training: POST its init (or train/start) again with the API node's own body;
+        stopped: nothing (no `inference/up` the API node did not ask for)
+    → finished
 
 Every answer that is not a confirmation is a failure: a 404 or 500 from stop is retried, never
 taken as success (the real client's mistake), and the stop only counts once the old version
@@ -22,14 +28,27 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field, replace
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
+from services.broker.node_work import (
+    CannotCarry,
+    Carry,
+    NodeWork,
+    Reinit,
+    Serve,
+    StayStopped,
+    carry_for,
+    refine,
+    unseen_work,
+    work_label,
+)
 from shared.events import NodeOutcome
 from shared.versions import MLNodeVersion
 
 __all__ = [
     "BringUp",
     "CheckHealth",
+    "CheckWaiting",
     "Command",
     "Drain",
     "Drained",
@@ -41,11 +60,15 @@ __all__ = [
     "Ok",
     "Phase",
     "ReadState",
+    "ReadWork",
     "SendStop",
+    "StartWork",
     "StateIs",
     "UnconfirmedStop",
     "Wait",
+    "Waiting",
     "Woke",
+    "WorkIs",
     "advance",
     "start",
 ]
@@ -63,12 +86,15 @@ class UnconfirmedStop(NamedTuple):
 
 
 class Phase(enum.StrEnum):
+    OBSERVE = "observe_work"
     DRAIN = "drain"
     STOP = "stop"
     CONFIRM = "confirm_stopped"
+    CLAIMS = "check_waiting"
     PROBE = "probe_target"
     BRING_UP = "bring_up"
     WAIT_HEALTHY = "wait_healthy"
+    START_WORK = "start_work"
     DONE = "done"
 
 
@@ -98,6 +124,18 @@ class HandoffPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class ReadWork:
+    """GET state of the old version, and pow/status when it says POW."""
+
+    version: MLNodeVersion
+
+
+@dataclass(frozen=True, slots=True)
+class CheckWaiting:
+    """Is a management call of the API node waiting for this node's turn?"""
+
+
+@dataclass(frozen=True, slots=True)
 class Drain:
     """Wait until no forwarded request is in flight on these versions of the node, or the timeout."""
 
@@ -120,6 +158,16 @@ class BringUp:
     version: MLNodeVersion
     model: str
     args: tuple[str, ...]
+    dtype: str | None = None  # None: the broker's configured dtype
+
+
+@dataclass(frozen=True, slots=True)
+class StartWork:
+    """POST `route` on the target with the API node's own body (PoC init, train/start)."""
+
+    version: MLNodeVersion
+    route: str
+    body: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,15 +182,23 @@ class Wait:
 
 @dataclass(frozen=True, slots=True)
 class Finish:
-    """The handoff is over. `serving` says the target answers; `unconfirmed` are stops to keep retrying."""
+    """The handoff is over. `serving` says the target answers; `unconfirmed` are stops to keep retrying.
+
+    `work` is what the target does now (a `WorkKind` value) and `carried` whether that is the
+    node's work from before the switch (None when there was nothing to carry).
+    """
 
     outcome: NodeOutcome
     serving: bool
     confirmed: tuple[MLNodeVersion, ...]
     unconfirmed: tuple[UnconfirmedStop, ...]
+    work: str | None = None
+    carried: bool | None = None
 
 
-Command = Drain | SendStop | ReadState | BringUp | CheckHealth | Wait | Finish
+Command = (
+    ReadWork | Drain | SendStop | ReadState | CheckWaiting | BringUp | StartWork | CheckHealth | Wait | Finish
+)
 
 
 # --- observations: what happened ----------------------------------------------------------------
@@ -176,7 +232,20 @@ class Woke:
     pass
 
 
-Observation = Drained | Ok | StateIs | Failed | Woke
+@dataclass(frozen=True, slots=True)
+class WorkIs:
+    state: str
+    pow_status: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """The route of the API node's call waiting for the node, or None."""
+
+    route: str | None
+
+
+Observation = Drained | Ok | StateIs | Failed | Woke | WorkIs | Waiting
 
 
 # --- the handoff ----------------------------------------------------------------------------------
@@ -186,7 +255,7 @@ Observation = Drained | Ok | StateIs | Failed | Woke
 class Handoff:
     node_id: str
     target: MLNodeVersion | None
-    model: tuple[str, tuple[str, ...]] | None
+    model: tuple[str, tuple[str, ...]] | None  # the node config's model: served when no work is known
     policy: HandoffPolicy
     phase: Phase
     to_stop: tuple[MLNodeVersion, ...] = ()  # the head is the one being stopped now
@@ -196,6 +265,9 @@ class Handoff:
     phase_since: float = 0.0
     drain_cut: int = 0  # requests still in flight when the drain gave up
     up_error: str = ""
+    work: NodeWork | None = None  # what the API node gave the node to do (None: never said)
+    carry: Carry | None = None  # decided after the stops
+    not_carried: str = ""  # why the node's work was not carried, when it was not
     after_wait: Command | None = field(default=None, compare=False)
 
     @property
@@ -210,10 +282,13 @@ def start(
     model: tuple[str, tuple[str, ...]] | None,
     policy: HandoffPolicy,
     now: float,
+    work: NodeWork | None = None,
 ) -> tuple[Handoff, Command]:
     """A new handoff and its first command. The target is removed from `stop`, whatever the caller said."""
     to_stop = tuple(dict.fromkeys(v for v in stop if v != target))
-    h = Handoff(node_id, target, model, policy, Phase.DRAIN, to_stop=to_stop, phase_since=now)
+    h = Handoff(node_id, target, model, policy, Phase.DRAIN, to_stop=to_stop, phase_since=now, work=work)
+    if to_stop and target is not None:
+        return replace(h, phase=Phase.OBSERVE), ReadWork(h.stopping)
     if to_stop:
         return h, Drain(to_stop, policy.drain_timeout_s)
     return _after_stops(h, now)
@@ -226,6 +301,15 @@ def advance(h: Handoff, obs: Observation, now: float) -> tuple[Handoff, Command]
             raise ValueError(f"woke in phase {h.phase} with nothing to resume")
         return replace(h, after_wait=None), h.after_wait
     match h.phase:
+        case Phase.OBSERVE:
+            if isinstance(obs, WorkIs):
+                unseen = unseen_work(h.work, obs.state)
+                h = replace(h, work=refine(h.work, obs.state, obs.pow_status))
+                if unseen:
+                    h = replace(h, carry=CannotCarry(unseen))
+            elif not isinstance(obs, Failed):  # unreadable: the recorded work stands
+                raise _unexpected(h, obs)
+            return _enter(h, Phase.DRAIN, now), Drain(h.to_stop, h.policy.drain_timeout_s)
         case Phase.DRAIN:
             if not isinstance(obs, Drained):
                 raise _unexpected(h, obs)
@@ -243,6 +327,14 @@ def advance(h: Handoff, obs: Observation, now: float) -> tuple[Handoff, Command]
                 return _stop_failed(h, f"stop answered OK but state is {obs.state}", now)
             if isinstance(obs, Failed):
                 return _stop_failed(h, f"GET state after stop: {obs.error}", now)
+        case Phase.CLAIMS:
+            if isinstance(obs, Waiting) and obs.route is not None:
+                carry = h.carry or carry_for(h.work, h.model)
+                what = work_label(carry) or "work"
+                reason = f"the API node's {obs.route} was waiting for the node and runs next"
+                return _finish(replace(h, carry=carry, not_carried=f"{what} not carried: {reason}"))
+            if isinstance(obs, Waiting):
+                return _into_work(h, now)
         case Phase.PROBE:
             if isinstance(obs, StateIs) and obs.state == INFERENCE:
                 return _enter(h, Phase.WAIT_HEALTHY, now), CheckHealth(_target(h))
@@ -268,6 +360,18 @@ def advance(h: Handoff, obs: Observation, now: float) -> tuple[Handoff, Command]
                     return _finish(replace(h, up_error=f"not healthy after {waited:.1f}s: {obs.error}"))
                 h = replace(h, after_wait=CheckHealth(_target(h)))
                 return h, Wait(h.policy.health_interval_s)
+        case Phase.START_WORK:
+            reinit = h.carry
+            assert isinstance(reinit, Reinit)
+            if isinstance(obs, Ok):
+                return _finish(replace(h, up_error=""))
+            if isinstance(obs, Failed):
+                failures = h.failures + 1
+                h = replace(h, failures=failures, up_error=f"{reinit.route}: {obs.error}")
+                if failures >= h.policy.up_attempts:
+                    return _finish(replace(h, not_carried=f"{reinit.kind} not carried: {h.up_error}"))
+                h = replace(h, after_wait=_start_work(h))
+                return h, Wait(h.policy.up_backoff_s * failures)
         case Phase.DONE:
             pass
     raise _unexpected(h, obs)
@@ -321,23 +425,48 @@ def _next_stop(h: Handoff, now: float) -> tuple[Handoff, Command]:
 def _after_stops(h: Handoff, now: float) -> tuple[Handoff, Command]:
     if h.target is None:
         return _finish(h)
-    return _enter(h, Phase.PROBE, now), ReadState(h.target)
+    return _enter(h, Phase.CLAIMS, now), CheckWaiting()
+
+
+def _into_work(h: Handoff, now: float) -> tuple[Handoff, Command]:
+    """Bring the target into the node's work (no API node call is waiting to set another)."""
+    carry = h.carry or carry_for(h.work, h.model)
+    h = replace(h, carry=carry)
+    match carry:
+        case Serve():
+            return _enter(h, Phase.PROBE, now), ReadState(_target(h))
+        case Reinit():
+            h = _enter(h, Phase.START_WORK, now)
+            return h, _start_work(h)
+        case StayStopped():
+            return _finish(h)
+        case CannotCarry(reason):
+            return _finish(replace(h, not_carried=f"work not carried: {reason}"))
+    return _finish(replace(h, up_error="the node has no model configured; nothing to bring up"))
+
+
+def _start_work(h: Handoff) -> StartWork:
+    assert isinstance(h.carry, Reinit)
+    return StartWork(_target(h), h.carry.route, h.carry.body)
 
 
 def _bring_up(h: Handoff, now: float) -> tuple[Handoff, Command]:
-    if h.model is None:
-        return _finish(replace(h, up_error="the node has no model configured; nothing to bring up"))
-    name, args = h.model
-    return _enter(h, Phase.BRING_UP, now, keep_failures=True), BringUp(_target(h), name, args)
+    assert isinstance(h.carry, Serve)
+    carry = h.carry
+    return _enter(h, Phase.BRING_UP, now, keep_failures=True), BringUp(
+        _target(h), carry.model, carry.args, carry.dtype
+    )
 
 
 def _finish(h: Handoff) -> tuple[Handoff, Finish]:
     h = replace(h, phase=Phase.DONE, after_wait=None)
-    serving = h.target is not None and not h.up_error
+    serving = h.target is not None and isinstance(h.carry, Serve) and not h.up_error and not h.not_carried
     parts: list[str] = []
     for version, error in h.unconfirmed:
         parts.append(f"stop of {version} not confirmed: {error}")
-    if h.up_error:
+    if h.not_carried:
+        parts.append(h.not_carried)
+    elif h.up_error:
         parts.append(f"{h.target} not serving: {h.up_error}")
     if h.drain_cut:
         parts.append(f"drain timed out with {h.drain_cut} request(s) in flight")
@@ -349,9 +478,17 @@ def _finish(h: Handoff) -> tuple[Handoff, Finish]:
     else:
         outcome = "ready"
     detail = "; ".join(parts)[:MAX_DETAIL]
+    # What the target does now, and whether that is the node's work carried over.
+    work: str | None = None
+    carried: bool | None = None
+    if h.target is not None and h.carry is not None:
+        carried = not h.not_carried and not h.up_error
+        work = work_label(h.carry) if carried else "stopped"
     return h, Finish(
-        NodeOutcome(node_id=h.node_id, outcome=outcome, detail=detail),
+        NodeOutcome(node_id=h.node_id, outcome=outcome, detail=detail, work=work, carried=carried),
         serving=serving,
         confirmed=h.confirmed,
         unconfirmed=h.unconfirmed,
+        work=work,
+        carried=carried,
     )

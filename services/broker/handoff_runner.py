@@ -1,12 +1,14 @@
 """Drives the pure `handoff` machine against the MLNodes: commands out through the Gateway, answers in.
 
 The machine decides every step; this module only executes a command, turns the result (or the
-`MLNodeCallError`) into an observation, and shows the node's phase in the pool.
+`MLNodeCallError`) into an observation, and shows the node's phase in the pool. The node's work
+comes from the `WorkBook`, read when the handoff starts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -15,15 +17,35 @@ from services.broker import handoff
 from services.broker.handoff import Finish, HandoffPolicy, Phase
 from services.broker.mlnode_client import MLNodeCallError
 from services.broker.models import NodeConfig
+from services.broker.node_work import WorkKind
 from services.broker.pool import NodePool, SlotPhase
 from services.broker.ports import Gateway
+from services.broker.work_book import WorkBook
 from shared.events import NodeOutcome
 from shared.logging import get_logger
 from shared.versions import MLNodeVersion
 
-__all__ = ["HandoffRunner"]
+__all__ = ["HandoffRunner", "settled_phase", "work_phase"]
 
 log = get_logger(__name__)
+
+OBSERVE_TIMEOUT_S = 2.0
+
+
+def work_phase(work: WorkKind) -> SlotPhase:
+    """How a node in work other than serving shows: not ready, in PoC (any phase), training or stopped."""
+    if work is WorkKind.INFERENCE:
+        raise ValueError("a node serving a model shows as ready (or as being brought up)")
+    return SlotPhase.POW if work.is_pow else SlotPhase(work.value)
+
+
+def settled_phase(finish: Finish) -> SlotPhase:
+    """How the node shows once the handoff is over: serving, failed, or in the work it was given."""
+    if finish.serving:
+        return SlotPhase.READY
+    if finish.outcome.outcome == "failed" or finish.work is None or finish.work == WorkKind.INFERENCE:
+        return SlotPhase.FAILED
+    return work_phase(WorkKind(finish.work))
 
 
 class HandoffRunner:
@@ -31,12 +53,14 @@ class HandoffRunner:
         self,
         pool: NodePool,
         gateway: Gateway,
+        works: WorkBook,
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.pool = pool
         self.gateway = gateway
+        self.works = works
         self.clock = clock
         self.sleep = sleep
 
@@ -50,7 +74,8 @@ class HandoffRunner:
         log_fields: dict[str, Any],
     ) -> Finish:
         """One handoff of `node_id` to `target` (None: only stop), until the machine finishes."""
-        h, cmd = handoff.start(node_id, target, stop, model, policy, self.clock())
+        work = self.works.get(node_id)
+        h, cmd = handoff.start(node_id, target, stop, model, policy, self.clock(), work)
         while not isinstance(cmd, Finish):
             slot = self.pool.get(h.node_id)
             if slot is None:  # removed under us: nothing more to do on it
@@ -61,7 +86,7 @@ class HandoffRunner:
                 self.pool.mark(h.node_id, ready=False, phase=SlotPhase.BRING_UP)  # it does not serve now
             obs = await self._execute(slot.config, cmd)
             if isinstance(obs, handoff.Failed) and isinstance(
-                cmd, handoff.SendStop | handoff.BringUp | handoff.ReadState
+                cmd, handoff.SendStop | handoff.BringUp | handoff.ReadState | handoff.StartWork
             ):
                 log.warning(
                     "MLNode call failed",
@@ -86,7 +111,32 @@ class HandoffRunner:
                         "stopped": version.raw,
                     },
                 )
+        switched = bool(h.confirmed or h.unconfirmed)  # old versions were stopped: a switch, not upkeep
+        if cmd.carried is not None and target is not None and switched:
+            log.log(
+                logging.INFO if cmd.carried else logging.WARNING,
+                "work carried to the new version" if cmd.carried else "work not carried to the new version",
+                extra={
+                    **log_fields,
+                    "event": "handoff.work",
+                    "node": h.node_id,
+                    "work": cmd.work,
+                    "carried": cmd.carried,
+                    "detail": cmd.outcome.detail,
+                },
+            )
         return cmd
+
+    async def _read_work(self, node: NodeConfig, version: MLNodeVersion) -> handoff.Observation:
+        """What the old version runs; bounded tighter than other calls, as it only informs the
+        handoff (a frozen old version must not hold up the stop and the new version)."""
+        try:
+            async with asyncio.timeout(OBSERVE_TIMEOUT_S):
+                state = await self.gateway.state(node, version)
+                pow_status = await self.gateway.pow_status(node, version) if state == "POW" else None
+        except TimeoutError:
+            return handoff.Failed(f"no answer within {OBSERVE_TIMEOUT_S}s")
+        return handoff.WorkIs(state, pow_status)
 
     async def _execute(self, node: NodeConfig, cmd: handoff.Command) -> handoff.Observation:
         try:
@@ -101,8 +151,15 @@ class HandoffRunner:
                     return handoff.Ok()
                 case handoff.ReadState(version):
                     return handoff.StateIs(await self.gateway.state(node, version))
-                case handoff.BringUp(version, model, args):
-                    await self.gateway.inference_up(node, version, model, args)
+                case handoff.ReadWork(version):
+                    return await self._read_work(node, version)
+                case handoff.CheckWaiting():
+                    return handoff.Waiting(self.works.waiting_route(node.id))
+                case handoff.BringUp(version, model, args, dtype):
+                    await self.gateway.inference_up(node, version, model, args, dtype)
+                    return handoff.Ok()
+                case handoff.StartWork(version, route, body):
+                    await self.gateway.start_work(node, version, route, body)
                     return handoff.Ok()
                 case handoff.CheckHealth(version):
                     await self.gateway.serving(node, version)

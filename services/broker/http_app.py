@@ -18,6 +18,7 @@ from services.broker.forwarder import Forwarder
 from services.broker.metrics import BrokerMetrics
 from services.broker.models import NodeConfig
 from services.broker.node_admin import NodeAdmin, NodeExists, NodeMissing
+from services.broker.node_endpoint import NodeEndpoint
 from services.broker.status import BrokerStatus
 from shared.ops_app import ReadinessCheck, add_ops_routes
 
@@ -30,11 +31,14 @@ def create_app(
     metrics: BrokerMetrics,
     readiness: Sequence[ReadinessCheck] = (),
     admin_token: str | None = None,
+    endpoint: NodeEndpoint | None = None,
 ) -> FastAPI:
     """`admin_token`: changing nodes needs `Authorization: Bearer <token>`; without one it is refused."""
     # The API node posts JSON with no Content-Type, as its Go client does to an MLNode.
     app = FastAPI(title="mlnode-upgrade broker", docs_url=None, redoc_url=None, strict_content_type=False)
     app.include_router(inference_routes(forwarder))
+    if endpoint is not None:
+        app.include_router(node_endpoint_routes(endpoint))
     app.include_router(admin_routes(coordinator.nodes, coordinator.status, admin_token))
     app.include_router(upgrade_routes(coordinator.status))
     add_ops_routes(app, metrics.base, readiness)
@@ -51,6 +55,24 @@ def inference_routes(forwarder: Forwarder) -> APIRouter:
     @router.post("/tokenize")
     async def tokenize(request: Request) -> Response:
         return await forwarder.forward("/tokenize", await request.body(), dict(request.headers))
+
+    return router
+
+
+_ALL_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH"]
+
+
+def node_endpoint_routes(endpoint: NodeEndpoint) -> APIRouter:
+    """`/nodes/{node_id}/...`, with the client's version prefix before or after the segment."""
+    router = APIRouter()
+
+    @router.api_route("/nodes/{rest:path}", methods=_ALL_METHODS, include_in_schema=False)
+    async def node_call(request: Request) -> Response:
+        return await endpoint.handle(request)
+
+    @router.api_route("/{version}/nodes/{rest:path}", methods=_ALL_METHODS, include_in_schema=False)
+    async def versioned_node_call(request: Request) -> Response:
+        return await endpoint.handle(request)
 
     return router
 

@@ -58,6 +58,12 @@ class BrokerMetrics:
         self.node_outcomes_total = Counter(
             f"{P}_node_outcomes_total", "Per-node outcomes of switches", ["outcome"], registry=r
         )
+        self.work_carried_total = Counter(
+            f"{P}_work_carried_total",
+            "Per node and switch: the work the new version took up, and whether it was the node's work",
+            ["work", "carried"],
+            registry=r,
+        )
         self.stop_failures_total = Counter(
             f"{P}_stop_failures_total",
             "Stops of an old version that were not confirmed (each becomes a pending stop)",
@@ -69,6 +75,12 @@ class BrokerMetrics:
         self.pending_stops = Gauge(f"{P}_pending_stops", "Stops still to be confirmed", registry=r)
         self.forwarded_total = Counter(
             f"{P}_forwarded_total", "Forwarded inference requests by result", ["route", "result"], registry=r
+        )
+        self.endpoint_version_mismatch_total = Counter(
+            f"{P}_endpoint_version_mismatch_total",
+            "Node-endpoint calls whose version prefix was not the current version (the registry's won)",
+            ["sent", "current"],
+            registry=r,
         )
         self.forward_wait_seconds = Histogram(
             f"{P}_forward_wait_seconds",

@@ -132,6 +132,10 @@ class MLNodeClient:
         resp = await self._call("GET", f"{self.poc_url}/api/v1/pow/status", self.timeouts.management_s)
         return self._json(resp)
 
+    async def post_management(self, route: str, body: dict[str, Any]) -> None:
+        """POST a management `route` (starting with '/') with a JSON body: PoC init, train/start."""
+        await self._call("POST", f"{self.poc_url}{route}", self.timeouts.up_s, body)
+
     async def management_health(self) -> None:
         """`GET {poc}/health`: the container is up and sees its GPU (answers before the model loads)."""
         url = f"{self.poc_url}/health"
@@ -255,9 +259,26 @@ class HttpGateway:
         await self.book.get(node, version).stop()
 
     async def inference_up(
-        self, node: NodeConfig, version: MLNodeVersion, model: str, args: tuple[str, ...]
+        self,
+        node: NodeConfig,
+        version: MLNodeVersion,
+        model: str,
+        args: tuple[str, ...],
+        dtype: str | None = None,
     ) -> None:
-        await self.book.get(node, version).inference_up(model, args, self.dtype)
+        await self.book.get(node, version).inference_up(model, args, dtype or self.dtype)
+
+    async def pow_status(self, node: NodeConfig, version: MLNodeVersion) -> str:
+        body = await self.book.get(node, version).pow_status()
+        status = body.get("status")
+        if not isinstance(status, str):
+            raise MLNodeCallError("GET", "pow/status", 200, f"no status in {body}")
+        return status
+
+    async def start_work(
+        self, node: NodeConfig, version: MLNodeVersion, route: str, body: dict[str, Any]
+    ) -> None:
+        await self.book.get(node, version).post_management(route, body)
 
     async def serving(self, node: NodeConfig, version: MLNodeVersion) -> None:
         await self.book.get(node, version).serving()

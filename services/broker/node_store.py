@@ -1,4 +1,5 @@
-"""What the broker persists in its JetStream KV bucket: nodes, pending stops, transition progress.
+"""What the broker persists in its JetStream KV bucket: nodes, pending stops, transition progress,
+the nodes' work.
 
 Each is one `shared.kv_document` document under one key, changed only by compare-and-swap and
 stored with its format version. Writes from this process are serialised per key, so the 200
@@ -10,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.broker.models import NodeSet, PendingStops
+from services.broker.node_work import NodeWorks
 from services.broker.transition import TransitionRecord
 from shared.kv_document import Document, KvDocument, MemoryDocument, ModelCodec, OptionalCodec
 from shared.kv_store import VersionedStore
@@ -22,6 +24,7 @@ BROKER_BUCKET = broker_bucket()
 NODES_KEY = "nodes"
 PENDING_KEY = "pending_stops"
 TRANSITION_KEY = "transition"
+WORK_KEY = "node_work"
 MAX_CAS_RETRIES = 10
 FORMAT = 1
 
@@ -31,6 +34,7 @@ class BrokerStore:
     nodes: Document[NodeSet]
     pending: Document[PendingStops]
     transition: Document[TransitionRecord | None]
+    work: Document[NodeWorks]
 
 
 def kv_store(store: VersionedStore) -> BrokerStore:
@@ -48,6 +52,9 @@ def kv_store(store: VersionedStore) -> BrokerStore:
             None,
             max_attempts=MAX_CAS_RETRIES,
         ),
+        work=KvDocument(
+            store, WORK_KEY, ModelCodec(NodeWorks, FORMAT), NodeWorks(), max_attempts=MAX_CAS_RETRIES
+        ),
     )
 
 
@@ -55,9 +62,11 @@ def memory_store(
     nodes: NodeSet | None = None,
     pending: PendingStops | None = None,
     transition: TransitionRecord | None = None,
+    work: NodeWorks | None = None,
 ) -> BrokerStore:
     return BrokerStore(
         nodes=MemoryDocument(nodes or NodeSet()),
         pending=MemoryDocument(pending or PendingStops()),
         transition=MemoryDocument[TransitionRecord | None](transition),
+        work=MemoryDocument(work or NodeWorks()),
     )

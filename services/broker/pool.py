@@ -29,15 +29,22 @@ class SlotPhase(enum.StrEnum):
 
     STARTING = "starting"  # added, not yet brought up
     QUEUED = "queued"  # in a switch, waiting for its turn
+    OBSERVE = "observe_work"
     DRAIN = "drain"
     STOP = "stop"
     CONFIRM = "confirm_stopped"
+    CLAIMS = "check_waiting"
     PROBE = "probe_target"
     BRING_UP = "bring_up"
     WAIT_HEALTHY = "wait_healthy"
+    START_WORK = "start_work"
     DONE = "done"
     READY = "ready"
     FAILED = "failed"
+    # Settled in work other than serving, as the API node asked: not ready for inference.
+    POW = "pow"
+    TRAIN = "train"
+    STOPPED = "stopped"
 
 
 class NoNodeReady(Exception):
@@ -109,6 +116,10 @@ class NodePool:
             served.append(index)
         for index in reversed(served):
             del self._waiters[index]
+
+    async def wait_change(self, timeout_s: float) -> None:
+        """Return when any slot changes (or after `timeout_s`)."""
+        await self._wait_change(timeout_s)
 
     async def _wait_change(self, timeout_s: float) -> None:
         changed = self._changed
@@ -192,6 +203,15 @@ class NodePool:
             if future.done() and not future.cancelled():
                 self.release(future.result())  # granted as the caller gave up: give it back
             raise
+
+    def hold(self, node_id: str, version: MLNodeVersion) -> Lease | None:
+        """A lease on this node and version, whatever its readiness: a call the API node addressed
+        to the node itself (the node endpoint). None when the node is not in the pool."""
+        slot = self.slots.get(node_id)
+        if slot is None:
+            return None
+        slot.in_flight[version] += 1
+        return Lease(slot.config, version)
 
     def release(self, lease: Lease) -> None:
         slot = self.slots.get(lease.node.id)

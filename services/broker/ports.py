@@ -6,7 +6,7 @@ handoff logic runs without a socket.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from services.broker.models import NodeConfig
 from shared.events import Event
@@ -24,8 +24,22 @@ class Gateway(Protocol):
     async def stop(self, node: NodeConfig, version: MLNodeVersion) -> None: ...
 
     async def inference_up(
-        self, node: NodeConfig, version: MLNodeVersion, model: str, args: tuple[str, ...]
-    ) -> None: ...
+        self,
+        node: NodeConfig,
+        version: MLNodeVersion,
+        model: str,
+        args: tuple[str, ...],
+        dtype: str | None = None,
+    ) -> None:
+        """Load `model`; `dtype` None means the broker's configured one."""
+
+    async def pow_status(self, node: NodeConfig, version: MLNodeVersion) -> str:
+        """`GET /api/v1/pow/status` → its `status` (GENERATING, VALIDATING, NOT_LOADED...)."""
+
+    async def start_work(
+        self, node: NodeConfig, version: MLNodeVersion, route: str, body: dict[str, Any]
+    ) -> None:
+        """POST `route` (under the management URL) with `body`: PoC init, train/start."""
 
     async def serving(self, node: NodeConfig, version: MLNodeVersion) -> None:
         """The version's model answers requests (not merely the container is healthy)."""

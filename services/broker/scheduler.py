@@ -1,7 +1,8 @@
 """Who may touch a node, in one place.
 
 The rule: **one management operation per node at a time** (a switch's handoff, a bring-up, a
-pending-stop retry), and **a switch pre-empts upkeep**.
+pending-stop retry, a management call the API node sends through the node endpoint), and **a
+switch pre-empts upkeep** and goes before the API node's calls.
 
 - A switch claims its nodes synchronously, at the moment it is decided: every upkeep task is
   cancelled and one switch task per node is created before anything can await, so no upkeep
@@ -52,11 +53,43 @@ class NodeScheduler:
     def claimed_by_switch(self, node_id: str) -> bool:
         return node_id in self._switch
 
+    def switching(self, node_id: str) -> bool:
+        """A switch's work on the node is still to come or under way (not only claimed: unfinished)."""
+        task = self._switch.get(node_id)
+        return task is not None and not task.done()
+
     @contextlib.asynccontextmanager
     async def switch_turn(self, node_id: str) -> AsyncIterator[None]:
         """A switch's work on the node: waits for an upkeep operation under way to end."""
         async with self._turn(node_id):
             yield
+
+    # -- the API node's own calls ---------------------------------------------------------------------
+
+    async def wait_switch(self, node_id: str, timeout_s: float) -> None:
+        """Until no switch works on the node (at once when none does); TimeoutError past `timeout_s`."""
+        async with asyncio.timeout(timeout_s):
+            while self.switching(node_id):
+                await asyncio.wait({self._switch[node_id]})
+
+    @contextlib.asynccontextmanager
+    async def client_turn(self, node_id: str, timeout_s: float) -> AsyncIterator[None]:
+        """An API node's `stop`, `inference/up`, `pow/init/*`...: after any switch on the node has
+        finished with it, never between a handoff's stop and its bring-up; bounded by `timeout_s`
+        (TimeoutError), as a request waiting for a ready node is."""
+        async with asyncio.timeout(timeout_s):
+            while True:
+                while self.switching(node_id):
+                    await asyncio.wait({self._switch[node_id]})
+                lock = self._turn(node_id)
+                await lock.acquire()
+                if not self.switching(node_id):
+                    break
+                lock.release()  # a switch claimed the node while this call waited: it goes first
+        try:
+            yield
+        finally:
+            lock.release()
 
     # -- upkeep ------------------------------------------------------------------------------------
 

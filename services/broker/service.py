@@ -21,6 +21,7 @@ from services.broker.http_app import create_app
 from services.broker.metrics import BrokerMetrics
 from services.broker.mlnode_client import ClientBook, HttpGateway
 from services.broker.models import NodeConfig, load_node_file
+from services.broker.node_endpoint import NodeEndpoint
 from services.broker.node_store import kv_store
 from services.broker.pool import NodePool
 from services.broker.registry_client import NatsRegistryReader
@@ -168,6 +169,14 @@ class BrokerService:
             self.broker_metrics,
             self.readiness_checks(),
             admin_token=self.settings.resolved_admin_token(),
+            endpoint=NodeEndpoint(
+                self.pool,
+                self.book,
+                self.coordinator.scheduler,
+                self.coordinator.works,
+                self.broker_metrics,
+                self.settings.request_wait_s,
+            ),
         )
 
     async def stop(self) -> None:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from services.broker.handoff import HandoffPolicy
-from services.broker.handoff_runner import HandoffRunner
+from services.broker.handoff_runner import HandoffRunner, settled_phase
 from services.broker.metrics import BrokerMetrics
 from services.broker.outcomes import SwitchLedger, switch_fields
 from services.broker.pending_stops import PendingStopBook
@@ -164,9 +164,11 @@ class SwitchRunner:
             finish = await self.runner.run(
                 node_id, record.target, record.stop, slot.config.model, self.policy, switch_fields(record)
             )
-            phase = SlotPhase.READY if finish.serving else SlotPhase.FAILED
-            self.pool.mark(node_id, ready=finish.serving, phase=phase)
+            self.pool.mark(node_id, ready=finish.serving, phase=settled_phase(finish))
         self.metrics.node_handoff_seconds.observe(self.clock() - started)
+        if finish.work is not None:
+            carried = "true" if finish.carried else "false"
+            self.metrics.work_carried_total.labels(work=finish.work, carried=carried).inc()
         await self.pending.settle(
             node_id, record.transition_id, finish, lambda: self.pool.current, switch_fields(record)
         )

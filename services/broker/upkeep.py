@@ -1,7 +1,8 @@
 """Upkeep between switches: bring the current version up where it does not serve, retry pending stops.
 
 Both are idempotent and yield to a switch (`scheduler`): a round that is skipped or cancelled
-simply runs again next time.
+simply runs again next time. A node the API node stopped, or runs PoC or training on, is left
+as it is: bringing a model up there would undo what the API node asked for.
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from __future__ import annotations
 import functools
 
 from services.broker.handoff import Finish, HandoffPolicy
-from services.broker.handoff_runner import HandoffRunner
+from services.broker.handoff_runner import HandoffRunner, settled_phase, work_phase
 from services.broker.models import PendingStop
+from services.broker.node_work import WorkKind
 from services.broker.pending_stops import PendingStopBook
 from services.broker.pool import NodePool, SlotPhase
 from services.broker.scheduler import NodeScheduler
@@ -55,6 +57,11 @@ class Upkeep:
         target = self.pool.current
         if slot is None or target is None:
             return
+        work = self.runner.works.get(node_id)
+        if work is not None and work.kind is not WorkKind.INFERENCE:
+            if slot.phase is SlotPhase.STARTING:  # after a restart: show what it does
+                self.pool.mark(node_id, ready=False, phase=work_phase(work.kind), version=target)
+            return  # the API node's choice: not ours to change
 
         async def turn() -> tuple[bool, Finish] | None:
             if self.pool.current != target:
@@ -65,8 +72,7 @@ class Upkeep:
             )
             if self.pool.current != target:
                 return None
-            phase = SlotPhase.READY if finish.serving else SlotPhase.FAILED
-            self.pool.mark(node_id, ready=finish.serving, phase=phase, version=target)
+            self.pool.mark(node_id, ready=finish.serving, phase=settled_phase(finish), version=target)
             return was_ready, finish
 
         done = await self.scheduler.upkeep_turn(node_id, turn)

@@ -14,7 +14,7 @@ from services.broker.mlnode_client import MLNodeCallError
 from services.broker.models import ModelConfig, NodeConfig, NodeSet
 from services.broker.node_store import BrokerStore, memory_store
 from services.broker.pool import NodePool
-from shared.events import Event
+from shared.events import Event, VersionChanged
 from shared.metrics import ServiceMetrics
 from shared.registry_api import RegistryState
 from shared.versions import MLNodeVersion
@@ -54,6 +54,9 @@ class FakeMLNodes:
     stop_ignored: set[tuple[str, MLNodeVersion]] = field(default_factory=set)  # answers OK, stays up
     forgotten: list[str] = field(default_factory=list)
     gpu_busy_status: int = 409  # mock_mlnode's setting: the real MLNode answers a bare 500
+    pow_phase: dict[tuple[str, MLNodeVersion], str] = field(default_factory=dict)
+    ups: list[tuple[str, MLNodeVersion, str, str | None]] = field(default_factory=list)
+    started: list[tuple[str, MLNodeVersion, str, dict[str, object]]] = field(default_factory=list)
 
     def running(self, node_id: str, version: MLNodeVersion) -> None:
         self.states[(node_id, version)] = "INFERENCE"
@@ -93,14 +96,42 @@ class FakeMLNodes:
             del self.gpu[node.id]
 
     async def inference_up(
-        self, node: NodeConfig, version: MLNodeVersion, model: str, args: tuple[str, ...]
+        self,
+        node: NodeConfig,
+        version: MLNodeVersion,
+        model: str,
+        args: tuple[str, ...],
+        dtype: str | None = None,
     ) -> None:
         self._enter(node, version, "up")
+        self._take_gpu(node, version, "up")
+        self.states[(node.id, version)] = "INFERENCE"
+        self.ups.append((node.id, version, model, dtype))
+
+    def _take_gpu(self, node: NodeConfig, version: MLNodeVersion, call: str) -> None:
         holder = self.gpu.get(node.id)
         if holder is not None and holder != version:
-            raise MLNodeCallError("POST", "up", self.gpu_busy_status, f"GPU is held by {node.id}@{holder}")
+            raise MLNodeCallError("POST", call, self.gpu_busy_status, f"GPU is held by {node.id}@{holder}")
         self.gpu[node.id] = version
-        self.states[(node.id, version)] = "INFERENCE"
+
+    async def pow_status(self, node: NodeConfig, version: MLNodeVersion) -> str:
+        self._enter(node, version, "pow_status")
+        if self.states[(node.id, version)] != "POW":
+            return "NOT_LOADED"
+        return self.pow_phase.get((node.id, version), "IDLE")
+
+    async def start_work(
+        self, node: NodeConfig, version: MLNodeVersion, route: str, body: dict[str, object]
+    ) -> None:
+        self._enter(node, version, "start_work")
+        self._take_gpu(node, version, route)
+        if route.startswith("/api/v1/pow/"):
+            self.states[(node.id, version)] = "POW"
+            phase = {"generate": "GENERATING", "validate": "VALIDATING"}.get(route.rsplit("/", 1)[-1], "IDLE")
+            self.pow_phase[(node.id, version)] = phase
+        else:
+            self.states[(node.id, version)] = "TRAIN"
+        self.started.append((node.id, version, route, body))
 
     async def serving(self, node: NodeConfig, version: MLNodeVersion) -> None:
         self._enter(node, version, "health")
@@ -190,3 +221,40 @@ async def until(condition: Callable[[], bool], timeout_s: float = 2.0) -> None:
         if loop.time() > deadline:
             raise AssertionError("condition not reached")
         await asyncio.sleep(0.001)
+
+
+def changed(previous: object = V6, current: object = V8, tid: str = "100-v3.0.8") -> VersionChanged:
+    return VersionChanged.model_validate(
+        {"transition_id": tid, "previous": previous, "current": current, "height": 100}
+    )
+
+
+async def running_on_v6(*node_ids: str) -> Harness:
+    """Nodes serving v3.0.6, the registry in step: the state before a scheduled switch."""
+    h = harness(*(node(n) for n in node_ids))
+    h.registry.current = RegistryState(current_version=V6, last_used_version=V6, current_transition="sync-1")
+    for n in node_ids:
+        h.mlnodes.running(n, V6)
+    await h.coordinator.start(())
+    await h.coordinator.reconcile()
+    assert all(h.pool.slots[n].ready for n in node_ids)
+    h.mlnodes.calls.clear()  # count only what happens from here on
+    return h
+
+
+async def switch_on(
+    coordinator: Coordinator, registry: FakeRegistry, event: VersionChanged | None = None
+) -> None:
+    """The registry moves to `event`'s version and the coordinator carries the switch out."""
+    event = event or changed()
+    registry.current = RegistryState(
+        current_version=event.current,
+        last_used_version=event.previous,
+        current_transition=event.transition_id,
+    )
+    await coordinator.on_version_changed(event)
+    await coordinator.wait_idle()
+
+
+async def switch(h: Harness, event: VersionChanged | None = None) -> None:
+    await switch_on(h.coordinator, h.registry, event)

@@ -8,40 +8,21 @@ import pytest
 
 from services.broker.models import NodeConfig, NodeSet, PendingStop, PendingStops
 from services.broker.transition import TransitionRecord
-from shared.events import BrokerReadiness, BrokerRefreshed, NodeOutcome, VersionChanged
+from shared.events import BrokerReadiness, BrokerRefreshed, NodeOutcome
 from shared.registry_api import PendingPlan, RegistryState
 from shared.versions import MLNodeVersion
-from tests.unit.broker_fakes import V6, V8, V9, Harness, harness, node, until
-
-
-def changed(previous: object = V6, current: object = V8, tid: str = "100-v3.0.8") -> VersionChanged:
-    return VersionChanged.model_validate(
-        {"transition_id": tid, "previous": previous, "current": current, "height": 100}
-    )
-
-
-async def running_on_v6(*node_ids: str) -> Harness:
-    """Nodes serving v3.0.6, the registry in step: the state before a scheduled switch."""
-    h = harness(*(node(n) for n in node_ids))
-    h.registry.current = RegistryState(current_version=V6, last_used_version=V6, current_transition="sync-1")
-    for n in node_ids:
-        h.mlnodes.running(n, V6)
-    await h.coordinator.start(())
-    await h.coordinator.reconcile()
-    assert all(h.pool.slots[n].ready for n in node_ids)
-    h.mlnodes.calls.clear()  # count only what happens from here on
-    return h
-
-
-async def switch(h: Harness, event: VersionChanged | None = None) -> None:
-    event = event or changed()
-    h.registry.current = RegistryState(
-        current_version=event.current,
-        last_used_version=event.previous,
-        current_transition=event.transition_id,
-    )
-    await h.coordinator.on_version_changed(event)
-    await h.coordinator.wait_idle()
+from tests.unit.broker_fakes import (
+    V6,
+    V8,
+    V9,
+    Harness,
+    changed,
+    harness,
+    node,
+    running_on_v6,
+    switch,
+    until,
+)
 
 
 def refreshed(h: Harness) -> list[BrokerRefreshed]:
@@ -131,7 +112,7 @@ async def test_stop_failing_twice_with_500_is_retried_and_confirmed() -> None:
     h = await running_on_v6("a")
     h.mlnodes.faults[("a", V6, "stop")] = [500, 500]
     await switch(h)
-    assert h.mlnodes.of("stop", V6) == 3 and h.mlnodes.of("state", V6) == 1
+    assert h.mlnodes.of("stop", V6) == 3 and h.mlnodes.of("state", V6) == 2  # what it runs, then STOPPED
     assert refreshed(h)[0].nodes[0].outcome == "ready"
     assert (await h.store.pending.load()).items == ()
 
@@ -342,10 +323,12 @@ async def test_a_crashed_node_handoff_is_resumed_by_reconcile_even_without_the_r
     real_up = h.mlnodes.inference_up
     crashes = [RuntimeError("a bug")]
 
-    async def crashing_up(n: NodeConfig, version: MLNodeVersion, model: str, args: tuple[str, ...]) -> None:
+    async def crashing_up(
+        n: NodeConfig, version: MLNodeVersion, model: str, args: tuple[str, ...], dtype: str | None = None
+    ) -> None:
         if crashes:
             raise crashes.pop()
-        await real_up(n, version, model, args)
+        await real_up(n, version, model, args, dtype)
 
     h.mlnodes.inference_up = crashing_up  # type: ignore[method-assign,assignment]
     await switch(h)

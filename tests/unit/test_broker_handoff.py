@@ -2,57 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.broker import handoff as hf
-from services.broker.handoff import HandoffPolicy, Phase
-from shared.versions import MLNodeVersion
+from tests.unit import handoff_script
+from tests.unit.handoff_script import NEW, OLD, OTHER, POLICY, Responder
 
-OLD = MLNodeVersion("v3.0.6")
-NEW = MLNodeVersion("v3.0.8")
-OTHER = MLNodeVersion("v3.0.7")
 MODEL = ("m", ("--x", "1"))
-POLICY = HandoffPolicy(
-    drain_timeout_s=5,
-    stop_attempts=3,
-    stop_backoff_s=1,
-    stop_backoff_max_s=3,
-    up_attempts=2,
-    up_backoff_s=1,
-    health_timeout_s=10,
-    health_interval_s=1,
-)
-
-Responder = Callable[[hf.Command], hf.Observation]
 
 
-def run(
-    respond: Responder,
-    *,
-    stop: tuple[MLNodeVersion, ...] = (OLD,),
-    target: MLNodeVersion | None = NEW,
-    model: tuple[str, tuple[str, ...]] | None = MODEL,
-    policy: HandoffPolicy = POLICY,
-) -> tuple[list[hf.Command], hf.Finish]:
-    """Drive one handoff to the end; a Wait advances the fake clock. Returns the commands issued."""
-    now = 0.0
-    h, cmd = hf.start("node-1", target, stop, model, policy, now)
-    issued: list[hf.Command] = []
-    while not isinstance(cmd, hf.Finish):
-        issued.append(cmd)
-        assert len(issued) < 200, "the handoff did not terminate"
-        if isinstance(cmd, hf.Wait):
-            now += cmd.seconds
-            obs: hf.Observation = hf.Woke()
-        else:
-            obs = respond(cmd)
-        h, cmd = hf.advance(h, obs, now)
-    assert h.phase is Phase.DONE
-    return issued, cmd
+def run(respond: Responder, **options: Any) -> tuple[list[hf.Command], hf.Finish]:
+    """A scripted handoff of a node configured with `MODEL` (unless the test names another)."""
+    return handoff_script.run(respond, **{"model": MODEL, **options})
 
 
 class HealthyNode:
@@ -63,6 +28,10 @@ class HealthyNode:
 
     def __call__(self, cmd: hf.Command) -> hf.Observation:
         match cmd:
+            case hf.ReadWork():
+                return hf.WorkIs("INFERENCE")
+            case hf.CheckWaiting():
+                return hf.Waiting(None)
             case hf.Drain():
                 return hf.Drained(0)
             case hf.ReadState(version):
@@ -89,9 +58,11 @@ def kinds(commands: list[hf.Command]) -> list[str]:
 def test_full_handoff_drains_stops_confirms_then_brings_the_new_version_up() -> None:
     issued, finish = run(healthy_node)
     assert issued == [
+        hf.ReadWork(OLD),
         hf.Drain((OLD,), 5),
         hf.SendStop(OLD),
         hf.ReadState(OLD),
+        hf.CheckWaiting(),
         hf.ReadState(NEW),
         hf.BringUp(NEW, "m", ("--x", "1")),
         hf.CheckHealth(NEW),
@@ -109,7 +80,7 @@ def test_stop_failing_twice_with_500_is_retried_with_backoff_and_then_confirmed(
         return healthy_node(cmd)
 
     issued, finish = run(respond)
-    assert kinds(issued)[:7] == ["Drain", "SendStop", "Wait", "SendStop", "Wait", "SendStop", "ReadState"]
+    assert kinds(issued)[1:8] == ["Drain", "SendStop", "Wait", "SendStop", "Wait", "SendStop", "ReadState"]
     assert [c.seconds for c in issued if isinstance(c, hf.Wait)] == [1, 2]  # exponential backoff
     assert finish.outcome.outcome == "ready" and finish.confirmed == (OLD,)
 
@@ -160,7 +131,7 @@ def test_the_target_is_never_stopped_even_when_the_caller_lists_it() -> None:
 
 def test_several_old_versions_are_each_stopped_and_confirmed() -> None:
     issued, finish = run(healthy_node, stop=(OLD, OTHER))
-    assert issued[0] == hf.Drain((OLD, OTHER), 5)
+    assert issued[:2] == [hf.ReadWork(OLD), hf.Drain((OLD, OTHER), 5)]
     stops = [c for c in issued if isinstance(c, hf.SendStop | hf.ReadState)]
     assert stops[:4] == [hf.SendStop(OLD), hf.ReadState(OLD), hf.SendStop(OTHER), hf.ReadState(OTHER)]
     assert finish.confirmed == (OLD, OTHER)
@@ -181,7 +152,7 @@ def test_bring_up_retries_after_reprobing_then_fails_with_the_reason() -> None:
         return healthy_node(cmd)
 
     issued, finish = run(respond)
-    assert kinds(issued)[3:] == ["ReadState", "BringUp", "Wait", "ReadState", "BringUp"]
+    assert kinds(issued)[4:] == ["CheckWaiting", "ReadState", "BringUp", "Wait", "ReadState", "BringUp"]
     assert finish.outcome.outcome == "failed" and not finish.serving
     assert "GPU is held" in finish.outcome.detail
 
@@ -215,7 +186,7 @@ def test_drain_timeout_is_reported_but_the_stop_goes_ahead() -> None:
         return hf.Drained(2) if isinstance(cmd, hf.Drain) else healthy_node(cmd)
 
     issued, finish = run(respond)
-    assert issued[1] == hf.SendStop(OLD)
+    assert issued[2] == hf.SendStop(OLD)
     assert finish.outcome.outcome == "ready"
     assert "drain timed out with 2 request(s) in flight" in finish.outcome.detail
 
@@ -228,7 +199,7 @@ def test_stop_only_handoff_for_a_pending_stop() -> None:
 
 def test_bring_up_only_for_a_node_with_nothing_to_stop() -> None:
     issued, finish = run(healthy_node, stop=())
-    assert kinds(issued) == ["ReadState", "BringUp", "CheckHealth"]
+    assert kinds(issued) == ["CheckWaiting", "ReadState", "BringUp", "CheckHealth"]
     assert finish.outcome.outcome == "ready"
 
 
@@ -240,6 +211,9 @@ def test_node_without_a_model_fails_clearly() -> None:
 
 def test_unexpected_observation_is_an_error() -> None:
     h, _ = hf.start("node-1", NEW, (OLD,), MODEL, POLICY, 0)
+    with pytest.raises(ValueError, match="not expected in phase observe_work"):
+        hf.advance(h, hf.Ok(), 0)
+    h, _ = hf.advance(h, hf.WorkIs("INFERENCE"), 0)
     with pytest.raises(ValueError, match="not expected in phase drain"):
         hf.advance(h, hf.Ok(), 0)
 
@@ -265,6 +239,10 @@ def test_any_sequence_of_answers_terminates_and_never_stops_the_target(
 
     def respond(cmd: hf.Command) -> hf.Observation:
         match cmd:
+            case hf.ReadWork():
+                return hf.WorkIs("INFERENCE")
+            case hf.CheckWaiting():
+                return hf.Waiting(None)
             case hf.Drain():
                 return hf.Drained(0)
             case hf.SendStop(version):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+
+import pytest
 
 from services.broker.scheduler import NodeScheduler
 
@@ -63,3 +66,48 @@ async def test_a_switch_cancels_upkeep_waits_for_its_turn_and_shuts_upkeep_out()
 
 async def _never() -> None:
     raise AssertionError("upkeep ran on a node a switch owns")
+
+
+async def test_an_api_node_call_waits_for_the_switch_on_its_node_then_runs_alone() -> None:
+    scheduler = NodeScheduler()
+    order: list[str] = []
+    handoff_may_finish = asyncio.Event()
+    stopped = asyncio.Event()
+
+    async def handoff(node_id: str) -> None:
+        async with scheduler.switch_turn(node_id):
+            order.append("stop")
+            stopped.set()
+            await handoff_may_finish.wait()
+            order.append("up")
+
+    scheduler.claim_for_switch(["a"], handoff)
+    await stopped.wait()  # the handoff is between its stop and its bring-up
+
+    async def api_stop() -> None:
+        async with scheduler.client_turn("a", timeout_s=5):
+            order.append("api stop")
+
+    call = asyncio.create_task(api_stop())
+    await asyncio.sleep(0)  # one scheduling round: the call is now waiting for its turn
+    assert order == ["stop"] and not call.done()  # not between the handoff's stop and its bring-up
+    handoff_may_finish.set()
+    await call
+    assert order == ["stop", "up", "api stop"]
+
+
+async def test_an_api_node_call_that_cannot_get_its_turn_times_out() -> None:
+    scheduler = NodeScheduler()
+    forever = asyncio.Event()
+
+    async def handoff(node_id: str) -> None:
+        async with scheduler.switch_turn(node_id):
+            await forever.wait()
+
+    tasks = scheduler.claim_for_switch(["a"], handoff)
+    with pytest.raises(TimeoutError):
+        async with scheduler.client_turn("a", timeout_s=0.05):
+            pass
+    tasks["a"].cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await tasks["a"]

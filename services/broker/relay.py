@@ -1,0 +1,76 @@
+"""Relaying an MLNode's answer to the broker's client: headers passed on, SSE streamed, one release.
+
+Both the inference gateway (`forwarder`) and the node endpoint relay this way. The caller's
+`done` (giving a lease back) runs exactly once, when the last byte went out or the client went
+away, including when a stream is never iterated (starlette's background task runs it then).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import NamedTuple
+
+import httpx
+from starlette.background import BackgroundTask
+from starlette.responses import Response, StreamingResponse
+
+__all__ = ["Relayed", "answer_headers", "passed_headers", "relay"]
+
+# Request headers passed on; everything else (host, hop-by-hop, content-length) is the client's own.
+# The real API node's Go client sends no Content-Type on its POSTs: none is added.
+_PASS_REQUEST = frozenset({"content-type", "accept", "authorization", "x-request-id", "user-agent"})
+# Response headers not passed on: hop-by-hop ones, and the encoding (bodies are relayed decoded).
+_DROP_RESPONSE = frozenset(
+    {"content-length", "content-encoding", "transfer-encoding", "connection", "keep-alive", "date", "server"}
+)
+
+
+def passed_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k.lower() in _PASS_REQUEST}
+
+
+def answer_headers(upstream: httpx.Response) -> dict[str, str]:
+    return {k: v for k, v in upstream.headers.items() if k.lower() not in _DROP_RESPONSE}
+
+
+class Relayed(NamedTuple):
+    response: Response
+    broken: bool  # the MLNode broke off a non-streamed answer: `response` is the caller's 502
+
+
+async def relay(
+    upstream: httpx.Response,
+    headers: dict[str, str],
+    done: Callable[[], None],
+    broken: Callable[[httpx.HTTPError], Response],
+) -> Relayed:
+    """Stream an SSE answer chunk by chunk, read any other whole; `done` runs once at the end."""
+    finished = False
+
+    def finish() -> None:
+        nonlocal finished
+        if not finished:
+            finished = True
+            done()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in upstream.aiter_bytes():
+                yield chunk
+        finally:
+            await upstream.aclose()
+            finish()
+
+    if upstream.headers.get("content-type", "").startswith("text/event-stream"):
+        response = StreamingResponse(
+            chunks(), status_code=upstream.status_code, headers=headers, background=BackgroundTask(finish)
+        )
+        return Relayed(response, broken=False)
+    try:
+        content = b"".join([chunk async for chunk in upstream.aiter_bytes()])
+    except httpx.HTTPError as exc:
+        return Relayed(broken(exc), broken=True)
+    finally:
+        await upstream.aclose()
+        finish()
+    return Relayed(Response(content=content, status_code=upstream.status_code, headers=headers), broken=False)
