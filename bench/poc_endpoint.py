@@ -10,8 +10,7 @@ endpoint's `x-broker-version` header. A call fails unless answered 200 and, for 
 GENERATING: the API node would see its node drop out of the round. After the switch
 `pow/status` must say GENERATING, answered by the new version: the phase was carried.
 
-The bodies are those of `integration_tests/real_clients/mlnode_requests.json` (a unit test keeps
-them equal).
+The bodies are the real API node's (`devtools.api_node_poc`).
 """
 
 from __future__ import annotations
@@ -28,11 +27,11 @@ from bench.logtail import LogTail
 from bench.stack_calls import StackCalls
 from bench.stats import send_offsets, summarize_ms
 from bench.waiting import BenchError
+from devtools.api_node_poc import POW_INIT_BODY, PROOF_BATCH
+from services.broker.endpoint_paths import node_segment
 
 __all__ = [
     "GENERATING",
-    "POW_INIT_BODY",
-    "PROOF_BATCH",
     "STATUS",
     "VALIDATE",
     "PocCall",
@@ -52,39 +51,6 @@ VALIDATE = "/api/v1/pow/validate"
 GENERATING = "GENERATING"
 VERSION_HEADER = "x-broker-version"
 
-# What the real API node sends (decentralized-api v0.2.4: InitGenerate, ValidateBatch).
-POW_INIT_BODY: dict[str, Any] = {
-    "block_hash": "8a3f",
-    "block_height": 120,
-    "public_key": "A1b2",
-    "batch_size": 100,
-    "r_target": 1.4013564660458173,
-    "fraud_threshold": 1e-7,
-    "params": {
-        "dim": 1792,
-        "n_layers": 64,
-        "n_heads": 64,
-        "n_kv_heads": 64,
-        "vocab_size": 8196,
-        "ffn_dim_multiplier": 10.0,
-        "multiple_of": 8192,
-        "norm_eps": 1e-5,
-        "rope_theta": 10000,
-        "use_scaled_rope": False,
-        "seq_len": 256,
-    },
-    "node_id": 0,
-    "node_count": 1,
-    "url": "http://api-private:9100/v1/poc-batches",
-}
-PROOF_BATCH: dict[str, Any] = {
-    "public_key": "B2c3",
-    "block_hash": "8a3f",
-    "block_height": 120,
-    "nonces": [1, 5, 9],
-    "dist": [0.91, 0.88, 0.97],
-    "node_id": 3,
-}
 _BODIES = {STATUS: b"", VALIDATE: json.dumps(PROOF_BATCH).encode()}
 
 
@@ -190,7 +156,7 @@ class PocDriver:
 
     def __init__(self, host: str, port: int, node_id: str) -> None:
         self.node_id = node_id
-        self.prefix = f"/nodes/{node_id}"
+        self.prefix = node_segment(node_id)
         self.client = RawClient(host, port, timeout_s=30.0)
 
     async def call(self, route: str, body: bytes | None = None) -> PocCall:

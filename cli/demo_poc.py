@@ -15,29 +15,15 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 
-__all__ = ["PocRound", "poc_body"]
+from devtools.api_node_poc import init_body, proof_batch
+from services.broker.endpoint_paths import node_segment
+
+__all__ = ["PocRound"]
 
 POC_CALL_INTERVAL_S = 0.25
-
-
-def poc_body(block_height: int) -> dict[str, Any]:
-    """`InitDto` as the real API node posts it (its defaults: batch 100, r_target, fraud threshold)."""
-    return {
-        "block_hash": f"{block_height:064x}",
-        "block_height": block_height,
-        "public_key": "demo-participant",
-        "batch_size": 100,
-        "r_target": 1.4013564660458173,
-        "fraud_threshold": 1e-07,
-        "params": {"dim": 1792, "n_layers": 64, "n_heads": 64, "seq_len": 256},
-        "node_id": 0,
-        "node_count": 1,
-        "url": "http://api-private:9100/v1/poc-batches",  # the API node's own callback, unversioned
-    }
 
 
 @dataclass
@@ -54,12 +40,12 @@ class PocRound:
 
     @property
     def base(self) -> str:
-        return f"{self.broker_url}/{self.version}/nodes/{self.node}/api/v1"
+        return f"{self.broker_url}/{self.version}{node_segment(self.node)}/api/v1"
 
     async def start(self, client: httpx.AsyncClient, block_height: int) -> None:
         """Stop, then init generate, as the real API node starts a PoC phase; refused answers raise."""
         self.block_height = block_height
-        for route, body in (("stop", None), ("pow/init/generate", poc_body(block_height))):
+        for route, body in (("stop", None), ("pow/init/generate", init_body(block_height))):
             r = await client.post(f"{self.base}/{route}", json=body, timeout=60.0)
             if r.status_code != 200:
                 raise RuntimeError(f"{self.node}: {route} answered {r.status_code}: {r.text[:200]}")
@@ -68,14 +54,7 @@ class PocRound:
         self.sent += 1
         try:
             if n % 2:
-                batch = {
-                    "public_key": "peer",
-                    "block_hash": f"{self.block_height:064x}",
-                    "block_height": self.block_height,
-                    "nonces": [n, n + 1],
-                    "dist": [0.9, 0.8],
-                    "node_id": 1,
-                }
+                batch = proof_batch(self.block_height, [n, n + 1])
                 r = await client.post(f"{self.base}/pow/validate", json=batch, timeout=120.0)
                 if r.status_code != 200:
                     raise RuntimeError(f"pow/validate answered {r.status_code}: {r.text[:200]}")

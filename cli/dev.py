@@ -20,15 +20,12 @@ from rich.table import Table
 from cli.stack import LocalStack, StackConfig, StackInfo
 from cli.supervisor import ChildExit, SupervisorError
 from devtools.stack_env import proxy_node_configs
+from services.broker.endpoint_paths import node_segment
 from services.broker.models import NodeConfig
 
 __all__ = ["API_NODE_CONFIG", "api_node_configs", "dev_up", "node_endpoint", "write_api_node_config"]
 
 API_NODE_CONFIG = "api-node-config.json"
-
-
-def node_segment(node: str) -> str:
-    return f"/nodes/{node}"
 
 
 def node_endpoint(broker_url: str, node: str) -> str:

@@ -16,9 +16,14 @@ from dataclasses import dataclass
 
 from shared.versions import InvalidVersionError, MLNodeVersion, parse_version
 
-__all__ = ["CallKind", "EndpointCall", "EndpointPathError", "parse_endpoint_path"]
+__all__ = ["CallKind", "EndpointCall", "EndpointPathError", "node_segment", "parse_endpoint_path"]
 
 NODES_SEGMENT = "nodes"
+
+
+def node_segment(node_id: str) -> str:
+    """The segment an API node's node config names for a node reached through the broker."""
+    return f"/{NODES_SEGMENT}/{node_id}"
 
 
 class EndpointPathError(ValueError):

@@ -110,6 +110,9 @@ class HandoffPolicy:
     up_backoff_s: float = 1.0
     health_timeout_s: float = 120.0
     health_interval_s: float = 0.25
+    # Reading what the old version runs only informs the handoff: a frozen old version must not
+    # hold up the stop and the new version for long.
+    observe_timeout_s: float = 2.0
 
     def __post_init__(self) -> None:
         if self.stop_attempts < 1 or self.up_attempts < 1:
@@ -192,8 +195,14 @@ class Finish:
     serving: bool
     confirmed: tuple[MLNodeVersion, ...]
     unconfirmed: tuple[UnconfirmedStop, ...]
-    work: str | None = None
-    carried: bool | None = None
+
+    @property
+    def work(self) -> str | None:
+        return self.outcome.work
+
+    @property
+    def carried(self) -> bool | None:
+        return self.outcome.carried
 
 
 Command = (
@@ -489,6 +498,4 @@ def _finish(h: Handoff) -> tuple[Handoff, Finish]:
         serving=serving,
         confirmed=h.confirmed,
         unconfirmed=h.unconfirmed,
-        work=work,
-        carried=carried,
     )

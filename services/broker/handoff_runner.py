@@ -29,8 +29,6 @@ __all__ = ["HandoffRunner", "settled_phase", "work_phase"]
 
 log = get_logger(__name__)
 
-OBSERVE_TIMEOUT_S = 2.0
-
 
 def work_phase(work: WorkKind) -> SlotPhase:
     """How a node in work other than serving shows: not ready, in PoC (any phase), training or stopped."""
@@ -84,7 +82,7 @@ class HandoffRunner:
             self.pool.note_phase(h.node_id, SlotPhase(h.phase.value))
             if h.phase is Phase.BRING_UP and slot.ready:
                 self.pool.mark(h.node_id, ready=False, phase=SlotPhase.BRING_UP)  # it does not serve now
-            obs = await self._execute(slot.config, cmd)
+            obs = await self._execute(slot.config, cmd, policy)
             if isinstance(obs, handoff.Failed) and isinstance(
                 cmd, handoff.SendStop | handoff.BringUp | handoff.ReadState | handoff.StartWork
             ):
@@ -127,18 +125,21 @@ class HandoffRunner:
             )
         return cmd
 
-    async def _read_work(self, node: NodeConfig, version: MLNodeVersion) -> handoff.Observation:
-        """What the old version runs; bounded tighter than other calls, as it only informs the
-        handoff (a frozen old version must not hold up the stop and the new version)."""
+    async def _read_work(
+        self, node: NodeConfig, version: MLNodeVersion, timeout_s: float
+    ) -> handoff.Observation:
+        """What the old version runs, bounded by `timeout_s` (`HandoffPolicy.observe_timeout_s`)."""
         try:
-            async with asyncio.timeout(OBSERVE_TIMEOUT_S):
+            async with asyncio.timeout(timeout_s):
                 state = await self.gateway.state(node, version)
                 pow_status = await self.gateway.pow_status(node, version) if state == "POW" else None
         except TimeoutError:
-            return handoff.Failed(f"no answer within {OBSERVE_TIMEOUT_S}s")
+            return handoff.Failed(f"no answer within {timeout_s}s")
         return handoff.WorkIs(state, pow_status)
 
-    async def _execute(self, node: NodeConfig, cmd: handoff.Command) -> handoff.Observation:
+    async def _execute(
+        self, node: NodeConfig, cmd: handoff.Command, policy: HandoffPolicy
+    ) -> handoff.Observation:
         try:
             match cmd:
                 case handoff.Drain(versions, timeout_s):
@@ -152,7 +153,7 @@ class HandoffRunner:
                 case handoff.ReadState(version):
                     return handoff.StateIs(await self.gateway.state(node, version))
                 case handoff.ReadWork(version):
-                    return await self._read_work(node, version)
+                    return await self._read_work(node, version, policy.observe_timeout_s)
                 case handoff.CheckWaiting():
                     return handoff.Waiting(self.works.waiting_route(node.id))
                 case handoff.BringUp(version, model, args, dtype):

@@ -31,6 +31,7 @@ class HandoffSettings(BaseModel):
     up_backoff_s: Seconds = 1.0
     health_timeout_s: Seconds = 120.0
     health_interval_s: Seconds = 0.25
+    observe_timeout_s: Seconds = 2.0
 
     def policy(self, **override: float | int) -> HandoffPolicy:
         return HandoffPolicy(**{**self.model_dump(), **override})

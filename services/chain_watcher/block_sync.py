@@ -20,7 +20,7 @@ from services.chain_watcher.core import (
     plan_next,
 )
 from services.chain_watcher.cursor import Cursor
-from services.chain_watcher.failures import _RETRIED, _error_kind
+from services.chain_watcher.failures import RETRIED, error_kind
 from services.chain_watcher.height_reader import HeightNotServed, HeightReader
 from services.chain_watcher.metrics import WatcherMetrics
 from services.chain_watcher.observer import ChainObserver
@@ -113,7 +113,7 @@ class BlockSync:
                 self._failures = self._waits = 0
             except HeightNotServed as exc:
                 await self._wait_for_height(exc)
-            except _RETRIED as exc:
+            except RETRIED as exc:
                 await self._back_off(exc)
 
     async def _wait_for_height(self, exc: HeightNotServed) -> None:
@@ -134,7 +134,7 @@ class BlockSync:
                 await self.view.served_rose.wait()
 
     async def _back_off(self, exc: BaseException) -> None:
-        kind = _error_kind(exc)
+        kind = error_kind(exc)
         self.series.errors.labels(kind=kind).inc()
         delay = backoff_delay(
             self._failures, self.settings.reconnect_initial_s, self.settings.reconnect_max_s, self.rand()

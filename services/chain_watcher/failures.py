@@ -9,6 +9,8 @@ from services.chain_watcher.chain_client import ChainError, QueryError
 from shared.bus import BusError
 from shared.kv_store import StaleRevisionError
 
+__all__ = ["RETRIED", "error_kind"]
+
 # gRPC codes that mean "try again later", as opposed to "this node cannot answer at that height".
 _TRANSIENT = frozenset(
     {
@@ -19,10 +21,11 @@ _TRANSIENT = frozenset(
         grpc.StatusCode.ABORTED,
     }
 )
-_RETRIED = (ChainError, BusError, StaleRevisionError, nats.errors.Error, OSError, TimeoutError)
+# Failures a sync round retries (with backoff) rather than dies of.
+RETRIED = (ChainError, BusError, StaleRevisionError, nats.errors.Error, OSError, TimeoutError)
 
 
-def _error_kind(exc: BaseException) -> str:
+def error_kind(exc: BaseException) -> str:
     if isinstance(exc, QueryError):
         return "grpc"
     if isinstance(exc, ChainError):

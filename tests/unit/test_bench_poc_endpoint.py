@@ -10,8 +10,6 @@ from typing import Any
 import pytest
 
 from bench.poc_endpoint import (
-    POW_INIT_BODY,
-    PROOF_BATCH,
     STATUS,
     VALIDATE,
     PocCall,
@@ -25,6 +23,7 @@ from bench.poc_endpoint import (
 )
 from bench.stack_calls import StackCalls
 from bench.stack_config import StackConfig
+from devtools.api_node_poc import POW_INIT_BODY, PROOF_BATCH
 
 OLD, NEW = "v3.0.6", "v3.0.8"
 REQUESTS = Path(__file__).parents[2] / "integration_tests" / "real_clients" / "mlnode_requests.json"
