@@ -21,7 +21,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import fanout, footprint, forwarding, switch_latency, throughput, zero_downtime
+from bench import fanout, footprint, forwarding, staged_switch, switch_latency, throughput, zero_downtime
 from bench.harness import REPO_ROOT, machine_info
 from bench.result import BenchContext, BenchResult
 
@@ -32,6 +32,7 @@ BENCHMARKS: dict[str, Runner] = {
     "switch_latency": switch_latency.run,
     "fanout": fanout.run,
     "zero_downtime": zero_downtime.run,
+    "staged_switch": staged_switch.run,
     "forwarding": forwarding.run,
     "throughput": throughput.run,
     "footprint": footprint.run,

@@ -39,6 +39,10 @@ from devtools.stack_env import (
 
 __all__ = ["NEW", "OLD", "BenchStack"]
 
+# Every benchmark but staged_switch measures the switch at the height itself (every node at
+# once); staged_switch sets the share it measures.
+ALL_AT_ONCE = {"BROKER_STAGING__SHARE": "0"}
+
 
 class BenchStack(StackCalls):
     """The whole stack for one benchmark run; `async with BenchStack(cfg) as stack:`."""
@@ -199,6 +203,7 @@ class BenchStack(StackCalls):
                     **broker_env(
                         self._nats, http_port=self.broker_port, nodes_file=nodes_file, log_level="INFO"
                     ),
+                    **ALL_AT_ONCE,
                     **cfg.broker_env,
                 },
                 ready_url=f"{self.broker_url}/healthz",

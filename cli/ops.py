@@ -123,6 +123,16 @@ def show_status(endpoints: Endpoints, console: Console, as_json: bool = False) -
         left = f"~{plan['seconds_left']} s" if plan["seconds_left"] is not None else "?"
         plans.add_row(str(plan["height"]), plan["node_version"], str(plan["blocks_left"]), left)
     console.print(plans if pending else "no pending plans")
+    staging = readiness.get("staging") or {}
+    if staging.get("early"):
+        console.print(
+            f"staged switch: {', '.join(staging['early'])} go to {readiness.get('target_version')} "
+            f"from height {staging.get('start_height')} (~{staging.get('lead_s')} s ahead; "
+            f"staged: {', '.join(staging.get('staged', [])) or 'none yet'}); capacity in the window: "
+            f"old {staging.get('old_capacity')}, new {staging.get('new_capacity')}"
+        )
+    elif staging.get("why_not"):
+        console.print(f"staged switch: none ({staging['why_not']})")
     probe = {n["node_id"]: n for n in readiness.get("nodes", [])}
     nodes = Table(title="nodes")
     for col in ("node", "serving", "ready", "phase", f"target {readiness.get('target_version') or '-'}"):

@@ -129,17 +129,20 @@ class LocalStack:
     # -- start / stop ------------------------------------------------------------------------
 
     def start(self) -> StackInfo:
-        """Bring the stack up in dependency order; each step waits until its processes are ready."""
+        """Bring the stack up in dependency order; each step starts what needs nothing of the others
+        side by side and waits until they are ready."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._secrets_dir = write_secrets(self.run_dir)
         nats_url, nats_monitor = self._start_nats()
         self._provision()
-        rpc_url, grpc_address = self._start_chain()
-        mlnodes = self._start_mlnodes()
+        chain, (rpc_url, grpc_address) = self._chain()
+        mlnode_specs, mlnodes = self._mlnodes()
+        registry, (registry_url, registry_grpc_address) = self._registry()
+        self.supervisor.start_all((chain, *mlnode_specs, registry))  # none needs another
         proxies = self._start_nginx(mlnodes)
-        registry_url, registry_grpc_address = self._start_registry()
-        watcher_url = self._start_watcher(rpc_url, grpc_address)
-        broker_url = self._start_broker(proxies)
+        watcher, watcher_url = self._watcher(rpc_url, grpc_address)
+        broker, broker_url = self._broker(proxies)
+        self.supervisor.start_all((watcher, broker))
         cfg = self.config
         self.info = StackInfo(
             run_dir=str(self.run_dir),
@@ -162,8 +165,8 @@ class LocalStack:
         (self.run_dir / STACK_FILE).write_text(json.dumps(asdict(self.info), indent=2))
         return self.info
 
-    def _start_chain(self) -> tuple[str, str]:
-        """mock_chain, producing blocks on its own clock; returns its RPC URL and gRPC address."""
+    def _chain(self) -> tuple[ProcessSpec, tuple[str, str]]:
+        """mock_chain, producing blocks on its own clock; with its RPC URL and gRPC address."""
         cfg = self.config
         rpc_port, grpc_port = free_port(), free_port()
         env = mock_chain_env(
@@ -175,13 +178,14 @@ class LocalStack:
             log_level=cfg.log_level,
         )
         env.update(self._extra("MOCK_CHAIN_"))
-        rpc_url = self._start_python("mock-chain", "mock_chain", env, rpc_port, "/status")
-        return rpc_url, f"127.0.0.1:{grpc_port}"
+        spec, rpc_url = self._python("mock-chain", "mock_chain", env, rpc_port, "/status")
+        return spec, (rpc_url, f"127.0.0.1:{grpc_port}")
 
-    def _start_mlnodes(self) -> dict[str, dict[str, str]]:
+    def _mlnodes(self) -> tuple[list[ProcessSpec], dict[str, dict[str, str]]]:
         """Per node, one process per version, sharing the node's GPU lock; node -> version -> URL."""
         cfg = self.config
         mlnodes: dict[str, dict[str, str]] = {}
+        specs: list[ProcessSpec] = []
         gpu_lock = str(self.run_dir / "gpu" / "{node}.lock")
         for node in cfg.nodes:
             mlnodes[node] = {}
@@ -198,8 +202,9 @@ class LocalStack:
                 )
                 env.update(self._extra("MOCK_MLNODE_"))
                 name = f"mlnode-{node}-{version}"
-                mlnodes[node][version] = self._start_python(name, "mock_mlnode", env, port, "/livez")
-        return mlnodes
+                spec, mlnodes[node][version] = self._python(name, "mock_mlnode", env, port, "/livez")
+                specs.append(spec)
+        return specs, mlnodes
 
     def _start_nginx(self, mlnodes: dict[str, dict[str, str]]) -> dict[str, str]:
         """One nginx for all nodes: a server block (port) per node, as each node's `inference` host."""
@@ -219,7 +224,7 @@ class LocalStack:
         )
         return proxies
 
-    def _start_registry(self) -> tuple[str, str]:
+    def _registry(self) -> tuple[ProcessSpec, tuple[str, str]]:
         registry_port, registry_grpc = free_port(), free_port()
         env = registry_env(
             self._nats("registry"),
@@ -229,10 +234,10 @@ class LocalStack:
             log_level=self.config.log_level,
             settings=self._extra(VERSION_REGISTRY),
         )
-        url = self._start_python("version-registry", "services.version_registry", env, registry_port)
-        return url, f"127.0.0.1:{registry_grpc}"
+        spec, url = self._python("version-registry", "services.version_registry", env, registry_port)
+        return spec, (url, f"127.0.0.1:{registry_grpc}")
 
-    def _start_watcher(self, rpc_url: str, grpc_address: str) -> str:
+    def _watcher(self, rpc_url: str, grpc_address: str) -> tuple[ProcessSpec, str]:
         watcher_port = free_port()
         env = watcher_env(
             self._nats("chain-watcher"),
@@ -242,9 +247,9 @@ class LocalStack:
             log_level=self.config.log_level,
             settings=self._extra(CHAIN_WATCHER),
         )
-        return self._start_python("chain-watcher", "services.chain_watcher", env, watcher_port)
+        return self._python("chain-watcher", "services.chain_watcher", env, watcher_port)
 
-    def _start_broker(self, proxies: dict[str, str]) -> str:
+    def _broker(self, proxies: dict[str, str]) -> tuple[ProcessSpec, str]:
         nodes_file = self.run_dir / "nodes.json"
         nodes_file.write_text(json.dumps(proxy_node_configs(proxies, self.config.model), indent=2))
         broker_port = free_port()
@@ -257,17 +262,14 @@ class LocalStack:
             log_level=self.config.log_level,
             settings=self._extra(BROKER),
         )
-        return self._start_python("broker", "services.broker", env, broker_port)
+        return self._python("broker", "services.broker", env, broker_port)
 
-    def _start_python(
+    def _python(
         self, name: str, module: str, env: dict[str, str], port: int, ready_path: str = "/healthz"
-    ) -> str:
-        """`python -m module` under the supervisor, ready when `ready_path` answers; its base URL."""
+    ) -> tuple[ProcessSpec, str]:
+        """`python -m module` for the supervisor, ready when `ready_path` answers; its base URL."""
         url = f"http://127.0.0.1:{port}"
-        self.supervisor.start(
-            ProcessSpec(name, python_module(module), env=env, ready_url=f"{url}{ready_path}")
-        )
-        return url
+        return ProcessSpec(name, python_module(module), env=env, ready_url=f"{url}{ready_path}"), url
 
     @property
     def _admin_token_file(self) -> Path:

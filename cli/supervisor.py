@@ -56,6 +56,7 @@ class ChildExit:
 class _Child:
     spec: ProcessSpec
     process: ChildProcess
+    batch: int = 0  # children started together (`start_all`) are stopped together
     running: bool = False
     restarts: int = 0
     next_restart_at: float = 0.0
@@ -66,26 +67,40 @@ class Supervisor:
         self.log_dir = log_dir
         self.on_exit = on_exit
         self._children: list[_Child] = []
+        self._batches = 0
         self.max_restarts = 5
 
     # -- starting ----------------------------------------------------------------------------
 
     def start(self, spec: ProcessSpec) -> None:
         """Start one child and wait until it is ready; raises with its log tail when it is not."""
-        process = ChildProcess(
-            spec.name,
-            spec.argv,
-            log_path=self.log_dir / f"{spec.name}.log",
-            env=spec.env,
-            cwd=spec.cwd,
-            ready=http_ok(spec.ready_url) if spec.ready_url is not None else None,
-            own_group=True,
-            die_with_parent=True,
-            stdin_devnull=True,
-        )
-        child = _Child(spec, process)
-        self._children.append(child)
-        self._spawn(child)
+        self.start_all((spec,))
+
+    def start_all(self, specs: Sequence[ProcessSpec]) -> None:
+        """Start children that do not need each other side by side, then wait until each is ready."""
+        started = []
+        self._batches += 1
+        for spec in specs:
+            process = ChildProcess(
+                spec.name,
+                spec.argv,
+                log_path=self.log_dir / f"{spec.name}.log",
+                env=spec.env,
+                cwd=spec.cwd,
+                ready=http_ok(spec.ready_url) if spec.ready_url is not None else None,
+                own_group=True,
+                die_with_parent=True,
+                stdin_devnull=True,
+            )
+            child = _Child(spec, process, batch=self._batches)
+            self._children.append(child)
+            self._spawn(child)
+            started.append(child)
+        for child in started:
+            self._wait_ready(child)
+
+    def _wait_ready(self, child: _Child) -> None:
+        spec, process = child.spec, child.process
         try:
             process.wait_ready(spec.ready_timeout_s)
         except ExitedWhileStarting as exc:
@@ -166,14 +181,21 @@ class Supervisor:
     # -- stopping ----------------------------------------------------------------------------
 
     def stop_all(self, timeout_s: float = 10.0) -> None:
-        """Reverse start order: SIGTERM each process group, then SIGKILL what is left."""
-        for child in reversed(self._children):
-            child.spec = replace(child.spec, restart=False)
-            if not child.running:
-                continue
-            child.running = False
-            child.process.send(signal.SIGTERM)
-            child.process.reap(timeout_s, on_overdue=partial(_overdue, child.spec.name))
+        """Reverse start order, the children started together at once: SIGTERM each process
+        group of the batch, then wait for them (SIGKILL what is left) before the batch before."""
+        for batch in sorted({c.batch for c in self._children}, reverse=True):
+            stopping = []
+            for child in reversed(self._children):
+                if child.batch != batch:
+                    continue
+                child.spec = replace(child.spec, restart=False)
+                if not child.running:
+                    continue
+                child.running = False
+                child.process.send(signal.SIGTERM)
+                stopping.append(child)
+            for child in stopping:
+                child.process.reap(timeout_s, on_overdue=partial(_overdue, child.spec.name))
 
 
 def _overdue(name: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -34,9 +34,9 @@ OLD, NEW = "v3.0.6", "v3.0.8"
 MODEL = "Qwen/Qwen2.5-7B-Instruct"
 
 
-def mock_process(log_dir: Path, *args: str, port: int | None = None) -> MockMLNodeProcess:
+def mock_process(log_dir: Path, *args: str, port: int | None = None, wait: bool = True) -> MockMLNodeProcess:
     """A mock MLNode; `port` pins the port (to bring a dead version back where nginx expects it)."""
-    return MockMLNodeProcess(log_dir, *args, port=port)
+    return MockMLNodeProcess(log_dir, *args, port=port, wait=wait)
 
 
 class MLNodeStack:
@@ -58,8 +58,15 @@ class MLNodeStack:
         self.model_load_s = model_load_s
         self.extra = extra or {}
         self.procs: dict[str, MockMLNodeProcess] = {}
-        for version in versions:
-            self.procs[version] = mock_process(tmp / "logs", *self._args(version))
+        for version in versions:  # started side by side
+            self.procs[version] = mock_process(tmp / "logs", *self._args(version), wait=False)
+        try:
+            for proc in self.procs.values():
+                proc.wait_ready()
+        except RuntimeError:
+            for proc in self.procs.values():
+                proc.stop()
+            raise
         self.port = free_port()
         self.routed = routed or versions
         self.nginx = NginxProcess(tmp / "nginx", self._config(), [self.port])
@@ -175,6 +182,9 @@ class BrokerProcess(ServiceProcess):
     def status(self) -> dict[str, Any]:
         return dict(httpx.get(f"{self.url}/upgrade/status", timeout=5).json())
 
+    def readiness(self) -> dict[str, Any]:
+        return dict(httpx.get(f"{self.url}/upgrade/readiness", timeout=5).json())
+
     def all_ready_on(self, version: str) -> bool:
         nodes = self.status()["nodes"]
         return bool(nodes) and all(n["ready"] and n["version"] == version for n in nodes)
@@ -216,17 +226,24 @@ def running(*procs: ServiceProcess) -> Iterator[None]:
 
 @asynccontextmanager
 async def serving_on(
-    bus: Bus, nats_url: str, tmp: Path, version: str = OLD, **stack_args: Any
+    bus: Bus,
+    nats_url: str,
+    tmp: Path,
+    version: str = OLD,
+    *,
+    height: int = 1,
+    broker_env: Mapping[str, str] | None = None,
+    **stack_args: Any,
 ) -> AsyncIterator[tuple[MLNodeStack, RegistryProcess, BrokerProcess]]:
     """The mocks behind nginx (`stack_args` as `MLNodeStack` takes them), the registry and the
-    broker, with every node serving `version`; all stopped on leaving."""
+    broker (with `broker_env`), every node serving `version` from `height`; all stopped on leaving."""
     stack = MLNodeStack(tmp, **stack_args)
     registry = RegistryProcess(nats_url, tmp / "logs")
-    broker = BrokerProcess(nats_url, tmp / "logs", stack.write_nodes_file())
+    broker = BrokerProcess(nats_url, tmp / "logs", stack.write_nodes_file(), **(broker_env or {}))
     registry.start()
     broker.start()
     try:
-        await chain_start(bus, version)
+        await chain_start(bus, version, height)
         await eventually(lambda: broker.all_ready_on(version), timeout=20, message=f"every node on {version}")
         yield stack, registry, broker
     finally:

@@ -16,7 +16,12 @@ class MockMLNodeProcess:
     """`python -m mock_mlnode` on a free port; waits until it answers."""
 
     def __init__(
-        self, log_dir: Path, *args: str, startup_timeout_s: float = 15.0, port: int | None = None
+        self,
+        log_dir: Path,
+        *args: str,
+        startup_timeout_s: float = 15.0,
+        port: int | None = None,
+        wait: bool = True,
     ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -29,7 +34,14 @@ class MockMLNodeProcess:
             ready=http_ok(f"{self.url}/mock/instances", timeout_s=0.5),
             log_mode="wb",
         )
+        self.startup_timeout_s = startup_timeout_s
         self.process.spawn()
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Until it answers (at once when `wait`; later, to start several side by side)."""
+        startup_timeout_s = self.startup_timeout_s
         try:
             self.process.wait_ready(startup_timeout_s)
         except ExitedWhileStarting as exc:

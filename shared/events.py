@@ -196,6 +196,20 @@ class NodeReadiness(BaseModel):
     reason: Annotated[str, Field(max_length=2048)] = ""
 
 
+class StagingView(BaseModel):
+    """The staged switch planned for the next plan: which nodes go early, from which height."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    early: tuple[NodeId, ...] = ()  # the nodes the plan hands over before the height
+    staged: tuple[NodeId, ...] = ()  # those handed over already
+    start_height: Height | None = None
+    lead_s: Annotated[float, Field(ge=0)] = 0.0
+    old_capacity: Annotated[int, Field(ge=0)] = 0  # what the old version keeps in the window
+    new_capacity: Annotated[int, Field(ge=0)] = 0  # what the new version has at the height
+    why_not: Annotated[str, Field(max_length=2048)] = ""  # when no node goes early
+
+
 class BrokerReadiness(Event):
     """Whether every node can serve the target version before the height arrives."""
 
@@ -210,6 +224,7 @@ class BrokerReadiness(Event):
     target_version: MLNodeVersion
     height: Height | None = None
     nodes: tuple[NodeReadiness, ...] = ()
+    staging: StagingView | None = None
 
     def msg_id(self) -> str:
         # Published on change: the same readiness picture is the same message.

@@ -72,6 +72,8 @@ class RegistryState(_Model):
     # to be. `last_height` above it is provisional until the next snapshot confirms or corrects it.
     chain_height: int = 0
     chain_version: MLNodeVersion | None = None
+    # Seconds per block over the chain's recent blocks (None until two blocks with a time were seen).
+    block_time_s: float | None = None
 
     @property
     def handoff_needed(self) -> bool:

@@ -10,7 +10,8 @@ Each job has its own module:
 - `upkeep` brings nodes up and retries pending stops between switches;
 - `probing` reports readiness for the next plan; `node_admin` changes the node list;
 - `status` is the read-only view the HTTP app reads;
-- `work_book` keeps each node's work as the API node set it, for a handoff to carry.
+- `work_book` keeps each node's work as the API node set it, for a handoff to carry;
+- `stager` moves a share of the nodes to the next version ahead of its height (`staging` decides).
 
 This module only follows the registry and the events, and runs the reconcile round.
 """
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 
 from services.broker.handoff import HandoffPolicy
 from services.broker.handoff_runner import HandoffRunner
+from services.broker.load_times import LoadTimeBook
 from services.broker.metrics import BrokerMetrics
 from services.broker.models import NodeConfig
 from services.broker.node_admin import NodeAdmin, NodeExists, NodeMissing
@@ -34,6 +36,8 @@ from services.broker.pool import NodePool
 from services.broker.ports import Gateway, Publisher, RegistryReader
 from services.broker.probing import ReadinessProber
 from services.broker.scheduler import NodeScheduler
+from services.broker.stager import Stager
+from services.broker.staging import StagingPolicy
 from services.broker.status import BrokerStatus
 from services.broker.switch import SwitchRunner
 from services.broker.transition import change_from_event, change_from_registry
@@ -56,6 +60,9 @@ class Policies:
     pending: HandoffPolicy = field(default_factory=lambda: HandoffPolicy(stop_attempts=1))
     # Upkeep: bring the current version up where it is not serving.
     heal: HandoffPolicy = field(default_factory=HandoffPolicy)
+    # The staged switch: which share of the nodes moves ahead of the height (0: none).
+    staging: StagingPolicy = field(default_factory=lambda: StagingPolicy(share=0.0))
+    default_block_time_s: float = 6.0  # until the registry has measured the chain's
 
 
 class Coordinator:
@@ -74,12 +81,14 @@ class Coordinator:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         policies = policies or Policies()
+        self.store = store
         self.pool = pool
         self.registry = registry
         self.metrics = metrics
         scheduler = NodeScheduler()
         self.works = WorkBook(store.work)
-        runner = HandoffRunner(pool, gateway, self.works, clock=clock, sleep=sleep)
+        self.load_times = LoadTimeBook(store.load_times)
+        runner = HandoffRunner(pool, gateway, self.works, self.load_times, clock=clock, sleep=sleep)
         self.ledger = SwitchLedger(store.transition, publisher, metrics, wall=wall)
         self.pending = PendingStopBook(store.pending, metrics, wall=wall)
         self.switch = SwitchRunner(
@@ -92,11 +101,26 @@ class Coordinator:
             policies.handoff,
             clock=clock,
             wall=wall,
+            first_wave=lambda target, serving: self.stager.first_wave(target, serving),
         )
         self.upkeep = Upkeep(
             pool, scheduler, runner, self.pending, bring_up_policy=policies.heal, stop_policy=policies.pending
         )
         self.prober = ReadinessProber(pool, gateway, registry, publisher, metrics)
+        self.stager = Stager(
+            pool,
+            scheduler,
+            runner,
+            self.works,
+            self.load_times,
+            registry,
+            self.prober,
+            store.staging,
+            policies.staging,
+            policies.handoff,
+            policies.default_block_time_s,
+            switching=self.switch.running,
+        )
         self.nodes = NodeAdmin(
             store.nodes, pool, gateway, scheduler, self.pending, self.ledger, self.switch, self.upkeep
         )
@@ -113,6 +137,8 @@ class Coordinator:
         """Load nodes (the config file seeds the KV once), then resume an unfinished switch."""
         await self.nodes.load(seed)
         await self.works.load()
+        await self.load_times.load()
+        await self.stager.load()
         await self.pending.count()
         record = await self.ledger.load()
         if record is None:
@@ -181,7 +207,8 @@ class Coordinator:
         await self.upkeep.retry_pending_stops()
 
     async def probe_readiness(self) -> BrokerReadiness | None:
-        return await self.prober.probe()
+        """Probe the next plan's version on every node, then stage the switch when it is due."""
+        return await self.prober.probe(staging=self.stager.round)
 
     # -- nodes -------------------------------------------------------------------------------------
 
@@ -194,6 +221,7 @@ class Coordinator:
     async def remove_node(self, node_id: str) -> None:
         await self.nodes.remove(node_id)
         await self.works.forget(node_id)
+        await self.load_times.forget(node_id)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 

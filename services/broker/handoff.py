@@ -195,6 +195,7 @@ class Finish:
     serving: bool
     confirmed: tuple[MLNodeVersion, ...]
     unconfirmed: tuple[UnconfirmedStop, ...]
+    load_s: float | None = None  # the measured model load, when this handoff loaded one
 
     @property
     def work(self) -> str | None:
@@ -274,6 +275,8 @@ class Handoff:
     phase_since: float = 0.0
     drain_cut: int = 0  # requests still in flight when the drain gave up
     up_error: str = ""
+    up_since: float | None = None  # when the last inference/up was sent: the load is timed from it
+    load_s: float | None = None  # how long the model took to serve, when this handoff loaded it
     work: NodeWork | None = None  # what the API node gave the node to do (None: never said)
     carry: Carry | None = None  # decided after the stops
     not_carried: str = ""  # why the node's work was not carried, when it was not
@@ -362,7 +365,8 @@ def advance(h: Handoff, obs: Observation, now: float) -> tuple[Handoff, Command]
                 return h, Wait(h.policy.up_backoff_s * failures)
         case Phase.WAIT_HEALTHY:
             if isinstance(obs, Ok):
-                return _finish(replace(h, up_error=""))
+                load_s = None if h.up_since is None else round(now - h.up_since, 3)
+                return _finish(replace(h, up_error="", load_s=load_s))
             if isinstance(obs, Failed):
                 waited = now - h.phase_since
                 if waited >= h.policy.health_timeout_s:
@@ -462,6 +466,7 @@ def _start_work(h: Handoff) -> StartWork:
 def _bring_up(h: Handoff, now: float) -> tuple[Handoff, Command]:
     assert isinstance(h.carry, Serve)
     carry = h.carry
+    h = replace(h, up_since=now)
     return _enter(h, Phase.BRING_UP, now, keep_failures=True), BringUp(
         _target(h), carry.model, carry.args, carry.dtype
     )
@@ -498,4 +503,5 @@ def _finish(h: Handoff) -> tuple[Handoff, Finish]:
         serving=serving,
         confirmed=h.confirmed,
         unconfirmed=h.unconfirmed,
+        load_s=h.load_s,
     )

@@ -15,6 +15,7 @@ from typing import Any
 
 from services.broker import handoff
 from services.broker.handoff import Finish, HandoffPolicy, Phase
+from services.broker.load_times import LoadTimeBook
 from services.broker.mlnode_client import MLNodeCallError
 from services.broker.models import NodeConfig
 from services.broker.node_work import WorkKind
@@ -52,6 +53,7 @@ class HandoffRunner:
         pool: NodePool,
         gateway: Gateway,
         works: WorkBook,
+        load_times: LoadTimeBook,
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -59,6 +61,7 @@ class HandoffRunner:
         self.pool = pool
         self.gateway = gateway
         self.works = works
+        self.load_times = load_times
         self.clock = clock
         self.sleep = sleep
 
@@ -109,6 +112,8 @@ class HandoffRunner:
                         "stopped": version.raw,
                     },
                 )
+        if cmd.load_s is not None and target is not None:
+            await self.load_times.record(h.node_id, target, cmd.load_s)
         switched = bool(h.confirmed or h.unconfirmed)  # old versions were stopped: a switch, not upkeep
         if cmd.carried is not None and target is not None and switched:
             log.log(

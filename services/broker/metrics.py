@@ -82,6 +82,11 @@ class BrokerMetrics:
             ["sent", "current"],
             registry=r,
         )
+        self.endpoint_redirected_total = Counter(
+            f"{P}_endpoint_redirected_total",
+            "Node-endpoint inference calls for a node staged or being handed over, served by another node",
+            registry=r,
+        )
         self.forward_wait_seconds = Histogram(
             f"{P}_forward_wait_seconds",
             "Time a request waited for a ready node",

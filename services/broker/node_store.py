@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from services.broker.load_times import LoadTimes
 from services.broker.models import NodeSet, PendingStops
 from services.broker.node_work import NodeWorks
+from services.broker.staging import StagedDocument
 from services.broker.transition import TransitionRecord
 from shared.kv_document import Document, KvDocument, MemoryDocument, ModelCodec, OptionalCodec
 from shared.kv_store import VersionedStore
@@ -25,6 +27,8 @@ NODES_KEY = "nodes"
 PENDING_KEY = "pending_stops"
 TRANSITION_KEY = "transition"
 WORK_KEY = "node_work"
+LOAD_TIMES_KEY = "load_times"
+STAGING_KEY = "staging"
 MAX_CAS_RETRIES = 10
 FORMAT = 1
 
@@ -35,6 +39,8 @@ class BrokerStore:
     pending: Document[PendingStops]
     transition: Document[TransitionRecord | None]
     work: Document[NodeWorks]
+    load_times: Document[LoadTimes]
+    staging: Document[StagedDocument]
 
 
 def kv_store(store: VersionedStore) -> BrokerStore:
@@ -55,6 +61,16 @@ def kv_store(store: VersionedStore) -> BrokerStore:
         work=KvDocument(
             store, WORK_KEY, ModelCodec(NodeWorks, FORMAT), NodeWorks(), max_attempts=MAX_CAS_RETRIES
         ),
+        load_times=KvDocument(
+            store, LOAD_TIMES_KEY, ModelCodec(LoadTimes, FORMAT), LoadTimes(), max_attempts=MAX_CAS_RETRIES
+        ),
+        staging=KvDocument(
+            store,
+            STAGING_KEY,
+            ModelCodec(StagedDocument, FORMAT),
+            StagedDocument(),
+            max_attempts=MAX_CAS_RETRIES,
+        ),
     )
 
 
@@ -69,4 +85,6 @@ def memory_store(
         pending=MemoryDocument(pending or PendingStops()),
         transition=MemoryDocument[TransitionRecord | None](transition),
         work=MemoryDocument(work or NodeWorks()),
+        load_times=MemoryDocument(LoadTimes()),
+        staging=MemoryDocument(StagedDocument()),
     )

@@ -45,6 +45,9 @@ class SlotPhase(enum.StrEnum):
     POW = "pow"
     TRAIN = "train"
     STOPPED = "stopped"
+    # Staged switch: moving to the target before the height, then loaded and waiting for it.
+    STAGING = "staging"
+    STAGED = "staged"
 
 
 class NoNodeReady(Exception):
@@ -84,7 +87,9 @@ class NodePool:
         # Requests waiting for a lease, oldest first. Capacity is handed to them directly, so a
         # release wakes one request, not all of them (with a thousand waiting at a switch,
         # waking all on every release cost more CPU than the forwarding itself).
-        self._waiters: deque[tuple[asyncio.Future[Lease], frozenset[str]]] = deque()
+        self._waiters: deque[tuple[asyncio.Future[Lease], frozenset[str], frozenset[str] | None]] = deque()
+        # A rollback's first wave: versions whose ready nodes serve while the current one cannot.
+        self.bridge: frozenset[MLNodeVersion] = frozenset()
 
     def _signal(self) -> None:
         """Hand free capacity to waiting requests, then wake the drain waiters to re-check."""
@@ -92,24 +97,25 @@ class NodePool:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    def _try_lease(self, avoid: frozenset[str]) -> Lease | None:
-        node_id = pick(self.loads(), self.current, avoid)
+    def _try_lease(self, avoid: frozenset[str], among: frozenset[str] | None = None) -> Lease | None:
+        node_id = pick(self.loads(), self.current, avoid, self.bridge, among)
         if node_id is None or self.current is None:
             return None
         slot = self.slots[node_id]
-        slot.in_flight[self.current] += 1
-        return Lease(slot.config, self.current)
+        version = slot.version or self.current  # the current one, or a bridge version
+        slot.in_flight[version] += 1
+        return Lease(slot.config, version)
 
     def _grant(self) -> None:
         """Serve waiters in order while there is capacity; one that avoids nodes may be skipped."""
         served: list[int] = []
-        for index, (future, avoid) in enumerate(self._waiters):
+        for index, (future, avoid, among) in enumerate(self._waiters):
             if future.done():
                 served.append(index)
                 continue
-            lease = self._try_lease(avoid)
+            lease = self._try_lease(avoid, among)
             if lease is None:
-                if not avoid:
+                if not avoid and among is None:
                     break  # nobody behind it can be served either
                 continue
             future.set_result(lease)
@@ -130,6 +136,10 @@ class NodePool:
 
     def set_current(self, version: MLNodeVersion | None) -> None:
         self.current = version
+        self._signal()
+
+    def set_bridge(self, versions: frozenset[MLNodeVersion]) -> None:
+        self.bridge = versions
         self._signal()
 
     def adopt_current(self, version: MLNodeVersion) -> None:
@@ -186,14 +196,16 @@ class NodePool:
 
     # -- leases ------------------------------------------------------------------------------------
 
-    async def acquire(self, timeout_s: float, avoid: frozenset[str] = frozenset()) -> Lease:
+    async def acquire(
+        self, timeout_s: float, avoid: frozenset[str] = frozenset(), among: frozenset[str] | None = None
+    ) -> Lease:
         """A lease on the least-busy ready node of the current version, waiting up to `timeout_s`."""
         if not self._waiters:  # no queue to jump
-            lease = self._try_lease(avoid)
+            lease = self._try_lease(avoid, among)
             if lease is not None:
                 return lease
         future: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
-        self._waiters.append((future, avoid))
+        self._waiters.append((future, avoid, among))
         self._grant()
         try:
             return await asyncio.wait_for(future, timeout_s)

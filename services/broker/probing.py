@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from services.broker.metrics import BrokerMetrics
 from services.broker.mlnode_client import MLNodeCallError
@@ -15,7 +16,7 @@ from services.broker.models import NodeConfig
 from services.broker.pool import NodePool
 from services.broker.ports import Gateway, Publisher, RegistryReader
 from services.broker.readiness import Probe, next_plan, report
-from shared.events import BrokerReadiness
+from shared.events import BrokerReadiness, StagingView
 from shared.logging import get_logger
 from shared.versions import MLNodeVersion
 
@@ -41,8 +42,14 @@ class ReadinessProber:
         self.readiness: BrokerReadiness | None = None
         self._published: BrokerReadiness | None = None
 
-    async def probe(self) -> BrokerReadiness | None:
-        """Probe the next plan's version on every node; publish `broker.readiness` when it changed."""
+    async def probe(
+        self, staging: Callable[[], Awaitable[StagingView | None]] | None = None
+    ) -> BrokerReadiness | None:
+        """Probe the next plan's version on every node; publish `broker.readiness` when it changed.
+
+        `staging`, when given, runs after the probes (the staged switch plans from them) and its
+        view of the plan is carried in the report.
+        """
         state = await self.registry.state()
         if state is None:
             return self.readiness
@@ -50,12 +57,17 @@ class ReadinessProber:
         if plan is None:
             self.readiness = None
             self.metrics.target_ready.clear()
+            if staging is not None:
+                await staging()  # a staging whose plan went away is called off, or is done
             return None
         probes = await asyncio.gather(
             *(self._probe(slot.config, plan.node_version) for slot in list(self.pool.slots.values()))
         )
         readiness = report(plan, probes)
         self.readiness = readiness
+        if staging is not None:
+            readiness = readiness.model_copy(update={"staging": await staging()})
+            self.readiness = readiness
         self.metrics.target_ready.clear()
         for node in readiness.nodes:
             self.metrics.target_ready.labels(node=node.node_id, version=plan.node_version.raw).set(

@@ -4,6 +4,10 @@ Only a node that serves the current version and is ready may take work; a node m
 not ready, so its requests wait instead of hitting a version that is stopping or still loading.
 Among the eligible nodes the least busy one wins (in-flight relative to `max_concurrent`), and a
 node at its `max_concurrent` takes nothing more.
+
+The one exception is a rollback's first wave (`staging.first_wave`): until the nodes moved first
+serve the version rolled back to, the nodes still on the versions rolled back from (`bridge`)
+take the requests the current version cannot.
 """
 
 from __future__ import annotations
@@ -31,22 +35,37 @@ def _eligible(node: NodeLoad, version: MLNodeVersion) -> bool:
 
 
 def pick(
-    nodes: Iterable[NodeLoad], version: MLNodeVersion | None, avoid: frozenset[str] = frozenset()
+    nodes: Iterable[NodeLoad],
+    version: MLNodeVersion | None,
+    avoid: frozenset[str] = frozenset(),
+    bridge: frozenset[MLNodeVersion] = frozenset(),
+    among: frozenset[str] | None = None,
 ) -> str | None:
     """The least-busy eligible node's id, or None. Ties go to the lowest id, so the choice is stable.
 
-    Nodes in `avoid` (they just failed this request) are taken only when no other node is eligible.
+    Nodes in `avoid` (they just failed this request) are taken only when no other node is eligible;
+    nodes on a `bridge` version only when no node of `version` is; only nodes in `among`, if given.
     """
     if version is None:
         return None
-    best: tuple[bool, float, int, str] | None = None
+    best: tuple[bool, bool, float, int, str] | None = None
     for node in nodes:
-        if not _eligible(node, version):
+        if among is not None and node.node_id not in among:
             continue
-        key = (node.node_id in avoid, node.in_flight / node.max_concurrent, node.in_flight, node.node_id)
+        own = node.version
+        bridging = own is not None and own != version and own in bridge
+        if not _eligible(node, own if bridging and own is not None else version):
+            continue
+        key = (
+            node.node_id in avoid,
+            bridging,
+            node.in_flight / node.max_concurrent,
+            node.in_flight,
+            node.node_id,
+        )
         if best is None or key < best:
             best = key
-    return None if best is None else best[3]
+    return None if best is None else best[4]
 
 
 def why_none(nodes: Iterable[NodeLoad], version: MLNodeVersion | None) -> str:

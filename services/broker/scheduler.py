@@ -29,6 +29,7 @@ class NodeScheduler:
         self._turns: dict[str, asyncio.Lock] = {}
         self._switch: dict[str, asyncio.Task[None]] = {}
         self._upkeep: dict[str, asyncio.Task[None]] = {}
+        self._kept: set[asyncio.Task[None]] = set()  # upkeep a switch lets finish (an early load)
 
     def _turn(self, node_id: str) -> asyncio.Lock:
         lock = self._turns.get(node_id)
@@ -43,7 +44,8 @@ class NodeScheduler:
     ) -> dict[str, asyncio.Task[None]]:
         """Pre-empt upkeep and start `work(node)` for each node; synchronous on purpose (see above)."""
         for task in self._upkeep.values():
-            task.cancel()
+            if task not in self._kept:
+                task.cancel()
         self._switch = {n: asyncio.create_task(work(n)) for n in node_ids}
         return dict(self._switch)
 
@@ -103,15 +105,21 @@ class NodeScheduler:
                 return None
             return await work()
 
-    def spawn_upkeep(self, node_id: str, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """At most one upkeep task per node, none on a node a switch has claimed."""
+    def spawn_upkeep(
+        self, node_id: str, work: Callable[[], Coroutine[Any, Any, None]], *, keep_on_switch: bool = False
+    ) -> None:
+        """At most one upkeep task per node, none on a node a switch has claimed. A switch cancels
+        upkeep under way, except what is `keep_on_switch` (its handoff then waits for it)."""
         running = self._upkeep.get(node_id)
         if node_id in self._switch or (running is not None and not running.done()):
             return
         task = asyncio.create_task(work())
         self._upkeep[node_id] = task
+        if keep_on_switch:
+            self._kept.add(task)
 
         def forget(done: asyncio.Task[None]) -> None:
+            self._kept.discard(done)
             if self._upkeep.get(node_id) is done:
                 del self._upkeep[node_id]
 

@@ -176,6 +176,7 @@ class BrokerService:
                 self.coordinator.works,
                 self.broker_metrics,
                 self.settings.request_wait_s,
+                release_staged=self.coordinator.stager.release,
             ),
         )
 

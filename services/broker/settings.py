@@ -11,9 +11,10 @@ from pydantic_settings import SettingsConfigDict
 from services.broker.coordinator import Policies
 from services.broker.handoff import HandoffPolicy
 from services.broker.mlnode_client import ClientTimeouts
+from services.broker.staging import StagingPolicy
 from shared.settings import AdminTokenSettings, ServiceSettings
 
-__all__ = ["BrokerSettings", "ClientSettings", "HandoffSettings"]
+__all__ = ["BrokerSettings", "ClientSettings", "HandoffSettings", "StagingSettings"]
 
 Seconds = Annotated[float, Field(gt=0, le=86_400)]
 
@@ -35,6 +36,28 @@ class HandoffSettings(BaseModel):
 
     def policy(self, **override: float | int) -> HandoffPolicy:
         return HandoffPolicy(**{**self.model_dump(), **override})
+
+
+class StagingSettings(BaseModel):
+    """The staged switch (see `staging`): `share` 0 keeps every node switching at the height."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    share: Annotated[float, Field(ge=0, le=1)] = 0.5
+    old_floor: Annotated[float, Field(ge=0, le=1)] = 0.25
+    default_load_s: Seconds = 120.0
+    margin_s: Annotated[float, Field(ge=0, le=86_400)] = 10.0
+    margin_blocks: Annotated[int, Field(ge=0, le=10_000)] = 1
+    default_block_time_s: Seconds = 6.0
+
+    def policy(self) -> StagingPolicy:
+        return StagingPolicy(
+            share=self.share,
+            old_floor=self.old_floor,
+            default_load_s=self.default_load_s,
+            margin_s=self.margin_s,
+            margin_blocks=self.margin_blocks,
+        )
 
 
 class ClientSettings(BaseModel):
@@ -86,6 +109,7 @@ class BrokerSettings(ServiceSettings, AdminTokenSettings):
     handoff: HandoffSettings = HandoffSettings()
     heal_health_timeout_s: Seconds = 30.0
     client: ClientSettings = ClientSettings()
+    staging: StagingSettings = StagingSettings()
 
     @model_validator(mode="after")
     def _wait_outlasts_handoff_steps(self) -> BrokerSettings:
@@ -101,4 +125,6 @@ class BrokerSettings(ServiceSettings, AdminTokenSettings):
             handoff=self.handoff.policy(),
             pending=self.handoff.policy(stop_attempts=1),
             heal=self.handoff.policy(health_timeout_s=self.heal_health_timeout_s),
+            staging=self.staging.policy(),
+            default_block_time_s=self.staging.default_block_time_s,
         )

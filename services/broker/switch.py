@@ -13,20 +13,49 @@ import contextlib
 import time
 from collections.abc import Callable
 
-from services.broker.handoff import HandoffPolicy
+from services.broker.handoff import Finish, HandoffPolicy
 from services.broker.handoff_runner import HandoffRunner, settled_phase
 from services.broker.metrics import BrokerMetrics
 from services.broker.outcomes import SwitchLedger, switch_fields
 from services.broker.pending_stops import PendingStopBook
-from services.broker.pool import NodePool, SlotPhase
+from services.broker.pool import NodePool, NodeSlot, SlotPhase
 from services.broker.scheduler import NodeScheduler
 from services.broker.transition import Change, TransitionRecord, begin, decide
 from shared.events import NodeOutcome
 from shared.logging import get_logger
+from shared.versions import MLNodeVersion
 
 __all__ = ["SwitchRunner"]
 
 log = get_logger(__name__)
+
+PACED_HANDOFFS = 8  # handoffs at once after a staged switch's height
+STAGING_PHASES = (SlotPhase.STAGING, SlotPhase.STAGED)
+
+FirstWave = Callable[[MLNodeVersion, tuple[MLNodeVersion, ...]], tuple[str, ...]]
+
+
+class WaveGate:
+    """A rollback's first wave: the other nodes' handoffs wait until every node of it is done."""
+
+    def __init__(self, nodes: tuple[str, ...]) -> None:
+        self.nodes = frozenset(nodes)
+        self._left = set(nodes)
+        self._open = asyncio.Event()
+        if not self._left:
+            self._open.set()
+
+    @property
+    def open(self) -> bool:
+        return self._open.is_set()
+
+    def done(self, node_id: str) -> None:
+        self._left.discard(node_id)
+        if not self._left:
+            self._open.set()
+
+    async def wait(self) -> None:
+        await self._open.wait()
 
 
 class SwitchRunner:
@@ -42,6 +71,7 @@ class SwitchRunner:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        first_wave: FirstWave = lambda target, serving: (),
     ) -> None:
         self.pool = pool
         self.scheduler = scheduler
@@ -55,6 +85,10 @@ class SwitchRunner:
         self._decide_lock = asyncio.Lock()  # one decision at a time: a new switch or a resume
         self._task: asyncio.Task[None] | None = None
         self._started = 0.0
+        self._paced = asyncio.Semaphore(1)
+        self.first_wave = first_wave
+        self._wave: WaveGate = WaveGate(())
+        self._also_stop: dict[str, MLNodeVersion] = {}  # staged for another version: stopped too
 
     async def apply(self, change: Change) -> None:
         async with self._decide_lock:
@@ -107,11 +141,40 @@ class SwitchRunner:
             await asyncio.gather(self._task, return_exceptions=True)
 
     def _launch(self, record: TransitionRecord) -> None:
-        """Close the gates now (no request reaches an old version from here on), then hand over."""
+        """Close the gates now (no request reaches an old version from here on), then hand over.
+
+        A rollback with a first wave keeps the gates of the rest open until that wave serves."""
+        wave = self.first_wave(record.target, record.stop) if record.reason == "rollback" else ()
+        wave = tuple(n for n in wave if n in record.remaining)
+        self._wave = WaveGate(wave)
         self.pool.adopt_current(record.target)
+        self.pool.set_bridge(frozenset(record.stop) if wave else frozenset())
+        self._also_stop = {}
         for node_id in record.remaining:
-            self.pool.mark(node_id, ready=False, phase=SlotPhase.QUEUED, version=record.target)
+            slot = self.pool.get(node_id)
+            if slot is None:
+                continue
+            if slot.phase in STAGING_PHASES and slot.version is not None and slot.version != record.target:
+                self._also_stop[node_id] = slot.version  # staged for a plan this switch overtakes
+            if slot.phase is SlotPhase.STAGED and slot.version == record.target:
+                self.pool.mark(node_id, ready=True, phase=SlotPhase.READY)  # loaded early: serves now
+            elif wave and node_id not in wave and slot.ready and slot.version in record.stop:
+                self.pool.note_phase(node_id, SlotPhase.QUEUED)  # serves on until the first wave does
+            else:
+                self.pool.mark(node_id, ready=False, phase=SlotPhase.QUEUED, version=record.target)
+        if wave:
+            log.info(
+                "rollback in two waves: these nodes first, the rest serve until they do",
+                extra=switch_fields(record, event="transition.first_wave", nodes=list(wave)),
+            )
         self._started = self.clock()
+        staged = sum(
+            1
+            for n in record.remaining
+            if (slot := self.pool.get(n)) is not None and slot.ready and slot.version == record.target
+        )
+        # With the new version's capacity staged already, the rest need not all move at once.
+        self._paced = asyncio.Semaphore(PACED_HANDOFFS if staged else max(len(record.remaining), 1))
         tasks = self.scheduler.claim_for_switch(record.remaining, lambda n: self._run_node(record, n))
         self._task = asyncio.create_task(self._run(record, tasks))
 
@@ -155,16 +218,18 @@ class SwitchRunner:
     async def _run_node(self, record: TransitionRecord, node_id: str) -> None:
         slot = self.pool.get(node_id)
         if slot is None:
+            self._wave.done(node_id)
             await self.ledger.record_outcome(record, NodeOutcome(node_id=node_id, outcome="removed"))
             return
         started = self.clock()
-        async with self.scheduler.switch_turn(node_id):
-            self.pool.mark(node_id, ready=False, phase=SlotPhase.DRAIN, version=record.target)
-            log.info("handoff started", extra=switch_fields(record, event="handoff.start", node=node_id))
-            finish = await self.runner.run(
-                node_id, record.target, record.stop, slot.config.model, self.policy, switch_fields(record)
-            )
-            self.pool.mark(node_id, ready=finish.serving, phase=settled_phase(finish))
+        if node_id not in self._wave.nodes:
+            await self._wave.wait()
+        try:
+            finish = await self._hand_over(record, node_id, slot)
+        finally:
+            self._wave.done(node_id)
+            if self._wave.open:
+                self.pool.set_bridge(frozenset())
         self.metrics.node_handoff_seconds.observe(self.clock() - started)
         if finish.work is not None:
             carried = "true" if finish.carried else "false"
@@ -173,3 +238,33 @@ class SwitchRunner:
             node_id, record.transition_id, finish, lambda: self.pool.current, switch_fields(record)
         )
         await self.ledger.record_outcome(record, finish.outcome)
+
+    async def _hand_over(self, record: TransitionRecord, node_id: str, slot: NodeSlot) -> Finish:
+        stop = record.stop
+        if (also := self._also_stop.get(node_id)) is not None and also not in stop:
+            stop = (*stop, also)
+        async with self.scheduler.switch_turn(node_id):
+            if slot.phase is SlotPhase.STAGED and slot.version == record.target:
+                # Its early load was under way at the height and finished in the turn before this.
+                self.pool.mark(node_id, ready=True, phase=SlotPhase.READY)
+            if slot.ready and slot.version == record.target:
+                # Loaded early, its old version stopped and confirmed then, and serving since: no
+                # call is owed to it at the height (a thousand of them would slow every request).
+                outcome = NodeOutcome(node_id=node_id, outcome="ready", work="inference", carried=True)
+                finish = Finish(outcome, serving=True, confirmed=record.stop, unconfirmed=())
+            else:
+                self.pool.mark(node_id, ready=False, phase=SlotPhase.DRAIN, version=record.target)
+                async with self._paced:
+                    log.info(
+                        "handoff started", extra=switch_fields(record, event="handoff.start", node=node_id)
+                    )
+                    finish = await self.runner.run(
+                        node_id,
+                        record.target,
+                        stop,
+                        slot.config.model,
+                        self.policy,
+                        switch_fields(record),
+                    )
+                self.pool.mark(node_id, ready=finish.serving, phase=settled_phase(finish))
+        return finish

@@ -57,6 +57,8 @@ class Upkeep:
         target = self.pool.current
         if slot is None or target is None:
             return
+        if slot.phase in (SlotPhase.STAGING, SlotPhase.STAGED):
+            return  # on its way to the next version ahead of the switch: the stager's
         work = self.runner.works.get(node_id)
         if work is not None and work.kind is not WorkKind.INFERENCE:
             if slot.phase is SlotPhase.STARTING:  # after a restart: show what it does

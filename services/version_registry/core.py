@@ -125,6 +125,8 @@ class CoreState(BaseModel):
     chain_seq: int = 0  # highest CHAIN stream sequence applied
     word_seq: int = 0  # stream sequence of the last snapshot with a height or a plan list
     ahead_of_chain_total: int = 0  # step backs so far
+    # (height, unix time) of the newest blocks that carried a time: the chain's recent block time.
+    block_times: tuple[tuple[int, float], ...] = ()
 
     def view(self, revision: int = 0) -> RegistryState:
         return RegistryState(
@@ -137,7 +139,16 @@ class CoreState(BaseModel):
             revision=revision,
             chain_height=self.chain_height,
             chain_version=self.chain_version,
+            block_time_s=self.block_time_s,
         )
+
+    @property
+    def block_time_s(self) -> float | None:
+        """Seconds per block over the recent blocks with a time; None before two of them."""
+        if len(self.block_times) < 2:
+            return None
+        (h0, t0), (h1, t1) = self.block_times[0], self.block_times[-1]
+        return round((t1 - t0) / (h1 - h0), 3) if h1 > h0 and t1 >= t0 else None
 
     def has_transition(self, transition_id: str) -> bool:
         return any(t.transition_id == transition_id for t in self.history)
@@ -160,6 +171,9 @@ class Outcome:
     stepped_back: StepBack | None = None
 
 
+BLOCK_TIMES = 20  # blocks the recent block time is measured over
+
+
 def plan_transition_id(height: int, version: MLNodeVersion) -> str:
     return f"{height}-{version.raw}"
 
@@ -170,7 +184,8 @@ def apply(state: CoreState, command: Command, now: datetime, seq: int | None = N
     `seq` is the CHAIN stream sequence of a chain command (None: unknown, taken as the newest).
     """
     if isinstance(command, BlockCommitted):
-        return _on_block(state, command.height, now, seq)
+        stamp = None if command.time is None else command.time.timestamp()
+        return _on_block(state, command.height, now, seq, stamp)
     if isinstance(command, UpgradeScheduled):
         return _on_plan(state, command, seq)
     if isinstance(command, ChainVersionObserved):
@@ -278,14 +293,17 @@ def _older_than_the_word(state: CoreState, seq: int | None) -> bool:
     return seq is not None and seq < state.word_seq
 
 
-def _on_block(state: CoreState, height: int, now: datetime, seq: int | None) -> Outcome:
+def _on_block(
+    state: CoreState, height: int, now: datetime, seq: int | None, stamp: float | None = None
+) -> Outcome:
     if _older_than_the_word(state, seq):
         return Outcome(state)
     state = _seen(state, seq)
     if height <= state.last_height:
         return Outcome(state)
     reached = state.last_height
-    state = state.model_copy(update={"last_height": height})
+    times = state.block_times if stamp is None else (*state.block_times, (height, stamp))[-BLOCK_TIMES:]
+    state = state.model_copy(update={"last_height": height, "block_times": times})
     if not state.initialized:
         return Outcome(state)
     due = [p for p in state.pending if reached < p.height <= height]  # late plans wait for the chain
@@ -360,6 +378,7 @@ def _on_snapshot(state: CoreState, snapshot: ChainVersionObserved, now: datetime
                 "last_height": height,
                 "chain_height": height,
                 "chain_version": version,
+                "block_times": tuple(b for b in state.block_times if b[0] <= height),
                 "current_height": min(state.current_height, height),
                 "ahead_of_chain_total": state.ahead_of_chain_total + (1 if stepped else 0),
             }

@@ -268,3 +268,21 @@ def test_any_sequence_of_answers_terminates_and_never_stops_the_target(
     assert (outcome == "stop_pending") == bool(finish.unconfirmed)
     assert set(finish.confirmed) | {v for v, _ in finish.unconfirmed} == {OLD}
     assert finish.serving == (up_fails < POLICY.up_attempts and health_fails <= 10)
+
+
+def test_a_load_this_handoff_made_is_timed_from_inference_up_to_serving() -> None:
+    answers: list[hf.Observation] = [hf.Failed("loading"), hf.Failed("loading"), hf.Ok()]
+
+    def respond(cmd: hf.Command) -> hf.Observation:
+        if isinstance(cmd, hf.CheckHealth):
+            return answers.pop(0)
+        return healthy_node(cmd)
+
+    _, finish = run(respond)
+    assert finish.load_s == 2.0  # two 1 s health intervals on the fake clock
+
+
+def test_a_target_found_serving_already_has_no_load_time() -> None:
+    healthy_node.target_state = "INFERENCE"
+    _, finish = run(healthy_node)
+    assert finish.serving and finish.load_s is None

@@ -126,3 +126,34 @@ def test_a_node_that_just_failed_is_avoided_while_another_can_take_the_request()
     nodes = [load("a", 0), load("b", 3)]
     assert pick(nodes, V8, frozenset({"a"})) == "b"
     assert pick([load("a", 0)], V8, frozenset({"a"})) == "a"  # the only one: better than nothing
+
+
+def test_a_bridge_version_serves_only_where_the_current_version_cannot() -> None:
+    nodes = [load("a", 3, version=V6), load("b", 3, version=V8), load("c", 0, version=V6)]
+    assert pick(nodes, V8, bridge=frozenset({V6})) == "b"  # the current version first, busy or not
+    full = [load("a", 1, version=V6), load("b", 4, version=V8)]
+    assert pick(full, V8, bridge=frozenset({V6})) == "a"  # the current version is at capacity
+    assert pick(full, V8) is None  # no bridge: no old version
+
+
+def test_among_is_a_hard_limit() -> None:
+    nodes = [load("a", 0), load("b", 3)]
+    assert pick(nodes, V8, among=frozenset({"b"})) == "b"
+    assert pick(nodes, V8, among=frozenset()) is None
+
+
+async def test_a_waiter_limited_to_some_nodes_does_not_block_the_others() -> None:
+    pool = NodePool()
+    for n in ("a", "b"):
+        pool.upsert(node(n, max_concurrent=1))
+    pool.set_current(V8)
+    pool.mark("a", ready=True, phase="ready", version=V8)
+    pool.mark("b", ready=False, phase="bring_up", version=V8)
+    held = await pool.acquire(1.0)
+    only_b = asyncio.create_task(pool.acquire(5.0, among=frozenset({"b"})))
+    await asyncio.sleep(0)
+    pool.release(held)
+    anyone = await pool.acquire(1.0)  # the waiter for b alone does not hold a's capacity
+    assert anyone.node.id == "a" and not only_b.done()
+    pool.mark("b", ready=True, phase="ready")
+    assert (await only_b).node.id == "b"

@@ -237,3 +237,13 @@ async def test_an_api_node_call_waiting_for_the_node_takes_over_from_the_switch(
     got = outcome(h.publisher)
     assert got.carried is False and f"{API}/inference/up" in got.detail
     assert h.coordinator.works.waiting_route("a") is None  # released once the call is done
+
+
+async def test_each_model_load_a_switch_makes_is_measured_and_kept() -> None:
+    h = await running_on_v6("a")
+    await switch_on(h.coordinator, h.registry)
+    measured = h.coordinator.load_times.times.expected("a", V8)
+    assert measured is not None and measured >= 0
+    assert (await h.store.load_times.load()).expected("a", V8) == measured
+    await h.coordinator.remove_node("a")
+    assert (await h.store.load_times.load()).loads == {}

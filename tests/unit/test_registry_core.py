@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.version_registry.core import (
+    BLOCK_TIMES,
     MAX_SETTLED,
     Command,
     CoreState,
@@ -629,3 +630,21 @@ def test_hand_typed_events_are_corrected_by_the_chains_next_snapshot(
             assert state.current == truth[chain_height]
             assert state.last_height == chain_height
     assert corrected
+
+
+def timed(h: int, seconds_after: float) -> BlockCommitted:
+    return BlockCommitted(height=h, time=datetime.fromtimestamp(NOW.timestamp() + seconds_after, UTC))
+
+
+def test_the_recent_block_time_is_measured_from_the_blocks_times() -> None:
+    state, _ = run([timed(91, 0.0), block(92), timed(93, 12.0), timed(95, 24.0)], synced())
+    assert state.block_time_s == 6.0 and state.view().block_time_s == 6.0
+    assert CoreState().block_time_s is None and run([timed(91, 0.0)], synced())[0].block_time_s is None
+
+
+def test_the_block_time_window_is_bounded_and_forgets_blocks_a_snapshot_took_back() -> None:
+    state, _ = run([timed(h, 5.0 * (h - 91)) for h in range(91, 91 + 3 * BLOCK_TIMES)], synced())
+    assert len(state.block_times) == BLOCK_TIMES and state.block_time_s == 5.0
+    top = state.last_height
+    state, _ = run([snap(V6, top - 5)], state)  # the registry was ahead: those blocks never were
+    assert all(h <= top - 5 for h, _ in state.block_times)
