@@ -30,7 +30,7 @@ from services.broker.handoff_runner import work_phase
 from services.broker.metrics import BrokerMetrics
 from services.broker.mlnode_client import ClientBook
 from services.broker.node_work import WorkKind, work_after_call
-from services.broker.pool import Lease, NodePool, NoNodeReady, SlotPhase
+from services.broker.pool import STAGING_PHASES, Lease, NodePool, NoNodeReady, SlotPhase
 from services.broker.relay import answer_headers, passed_headers, relay
 from services.broker.scheduler import NodeScheduler
 from services.broker.work_book import WorkBook
@@ -43,7 +43,6 @@ log = get_logger(__name__)
 
 VERSION_HEADER = "x-broker-version"
 NODE_HEADER = "x-broker-node"  # set when another node than the one addressed answered
-STAGING_PHASES = (SlotPhase.STAGING, SlotPhase.STAGED)
 
 
 def _refusal(status: int, detail: str) -> JSONResponse:

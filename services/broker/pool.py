@@ -50,6 +50,10 @@ class SlotPhase(enum.StrEnum):
     STAGED = "staged"
 
 
+# A node handed to the next version ahead of its height (`stager`): not the current version's.
+STAGING_PHASES = frozenset({SlotPhase.STAGING, SlotPhase.STAGED})
+
+
 class NoNodeReady(Exception):
     """No node could take the request within the wait; the message says why, for the 503."""
 

@@ -19,7 +19,7 @@ from services.broker.handoff import HandoffPolicy
 from services.broker.handoff_runner import HandoffRunner
 from services.broker.load_times import LoadTimeBook
 from services.broker.node_work import WorkKind
-from services.broker.pool import NodePool, NodeSlot, SlotPhase
+from services.broker.pool import STAGING_PHASES, NodePool, NodeSlot, SlotPhase
 from services.broker.ports import RegistryReader
 from services.broker.probing import ReadinessProber
 from services.broker.readiness import next_plan
@@ -122,7 +122,7 @@ class Stager:
             return
         for node_id in self.staged.nodes:
             slot = self.pool.get(node_id)
-            if slot is not None and slot.phase in (SlotPhase.STAGING, SlotPhase.STAGED):
+            if slot is not None and slot.phase in STAGING_PHASES:
                 self.pool.mark(node_id, ready=False, phase=SlotPhase.FAILED, version=current)
 
     def view(self) -> StagingView | None:

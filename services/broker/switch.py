@@ -18,7 +18,7 @@ from services.broker.handoff_runner import HandoffRunner, settled_phase
 from services.broker.metrics import BrokerMetrics
 from services.broker.outcomes import SwitchLedger, switch_fields
 from services.broker.pending_stops import PendingStopBook
-from services.broker.pool import NodePool, NodeSlot, SlotPhase
+from services.broker.pool import STAGING_PHASES, NodePool, NodeSlot, SlotPhase
 from services.broker.scheduler import NodeScheduler
 from services.broker.transition import Change, TransitionRecord, begin, decide
 from shared.events import NodeOutcome
@@ -30,7 +30,6 @@ __all__ = ["SwitchRunner"]
 log = get_logger(__name__)
 
 PACED_HANDOFFS = 8  # handoffs at once after a staged switch's height
-STAGING_PHASES = (SlotPhase.STAGING, SlotPhase.STAGED)
 
 FirstWave = Callable[[MLNodeVersion, tuple[MLNodeVersion, ...]], tuple[str, ...]]
 

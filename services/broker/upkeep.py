@@ -14,7 +14,7 @@ from services.broker.handoff_runner import HandoffRunner, settled_phase, work_ph
 from services.broker.models import PendingStop
 from services.broker.node_work import WorkKind
 from services.broker.pending_stops import PendingStopBook
-from services.broker.pool import NodePool, SlotPhase
+from services.broker.pool import STAGING_PHASES, NodePool, SlotPhase
 from services.broker.scheduler import NodeScheduler
 from shared.logging import get_logger
 
@@ -57,7 +57,7 @@ class Upkeep:
         target = self.pool.current
         if slot is None or target is None:
             return
-        if slot.phase in (SlotPhase.STAGING, SlotPhase.STAGED):
+        if slot.phase in STAGING_PHASES:
             return  # on its way to the next version ahead of the switch: the stager's
         work = self.runner.works.get(node_id)
         if work is not None and work.kind is not WorkKind.INFERENCE:

@@ -169,15 +169,20 @@ def test_health_is_awaited_until_the_timeout() -> None:
     assert "not healthy after 10.0s" in finish.outcome.detail
 
 
-def test_health_that_recovers_finishes_ready() -> None:
-    answers: list[hf.Observation] = [hf.Failed("loading"), hf.Failed("loading"), hf.Ok()]
+def serving_after(loading_checks: int) -> Responder:
+    """A healthy node whose new version answers `loading` to the first health checks."""
+    answers: list[hf.Observation] = [hf.Failed("loading")] * loading_checks + [hf.Ok()]
 
     def respond(cmd: hf.Command) -> hf.Observation:
         if isinstance(cmd, hf.CheckHealth):
             return answers.pop(0)
         return healthy_node(cmd)
 
-    issued, finish = run(respond)
+    return respond
+
+
+def test_health_that_recovers_finishes_ready() -> None:
+    issued, finish = run(serving_after(2))
     assert kinds(issued).count("CheckHealth") == 3 and finish.outcome.outcome == "ready"
 
 
@@ -271,14 +276,7 @@ def test_any_sequence_of_answers_terminates_and_never_stops_the_target(
 
 
 def test_a_load_this_handoff_made_is_timed_from_inference_up_to_serving() -> None:
-    answers: list[hf.Observation] = [hf.Failed("loading"), hf.Failed("loading"), hf.Ok()]
-
-    def respond(cmd: hf.Command) -> hf.Observation:
-        if isinstance(cmd, hf.CheckHealth):
-            return answers.pop(0)
-        return healthy_node(cmd)
-
-    _, finish = run(respond)
+    _, finish = run(serving_after(2))
     assert finish.load_s == 2.0  # two 1 s health intervals on the fake clock
 
 
