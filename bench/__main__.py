@@ -1,4 +1,7 @@
-"""`python -m bench [--quick] [--only NAME[,NAME]] [--out PATH]`: run the benchmarks, print, write JSON.
+"""`python -m bench [--quick] [--only NAME[,NAME]] [--nodes N[,N]] [--out PATH]`: run the benchmarks.
+
+Prints a table of figures against targets, each beside the same figure of a baseline run
+(`--baseline`, by default the figures recorded before the fleet-scale work), and writes JSON.
 
 Exits non-zero only when a benchmark crashed (a target missed is a finding, not an error), so
 CI can run `--quick` to keep the benchmarks from rotting without judging a shared machine's
@@ -21,11 +24,22 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import fanout, footprint, forwarding, staged_switch, switch_latency, throughput, zero_downtime
+from bench import (
+    fanout,
+    footprint,
+    forwarding,
+    http_client,
+    staged_switch,
+    switch_latency,
+    throughput,
+    zero_downtime,
+)
 from bench.harness import REPO_ROOT, machine_info
 from bench.result import BenchContext, BenchResult
 
 Runner = Callable[[BenchContext], Awaitable[BenchResult]]
+
+DEFAULT_BASELINE = REPO_ROOT / "bench" / "baselines" / "before-fleet-scale.json"
 
 # In this order: fan-out reuses the switches the switch-latency benchmark measured.
 BENCHMARKS: dict[str, Runner] = {
@@ -34,6 +48,7 @@ BENCHMARKS: dict[str, Runner] = {
     "zero_downtime": zero_downtime.run,
     "staged_switch": staged_switch.run,
     "forwarding": forwarding.run,
+    "http_client": http_client.run,
     "throughput": throughput.run,
     "footprint": footprint.run,
 }
@@ -45,12 +60,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--only", default="", help=f"comma-separated benchmarks to run: {', '.join(BENCHMARKS)}"
     )
+    parser.add_argument(
+        "--nodes", default="", help="fleet sizes for switch_latency, e.g. 100,1000,5000 (the growth curve)"
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=DEFAULT_BASELINE,
+        help="a results JSON whose figures are shown beside this run's (default: %(default)s)",
+    )
     parser.add_argument("--out", type=Path, help="results JSON (default: bench/results/latest.json)")
     parser.add_argument("--work-dir", type=Path, default=REPO_ROOT / "var" / "bench", help="process logs")
     parser.add_argument(
         "--profile",
         default="",
-        help="processes to run under cProfile, e.g. broker,version-registry (stats in the work dir)",
+        help="processes to profile (CPU time), e.g. broker,version-registry (stats in the work dir)",
     )
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(BENCHMARKS)
@@ -58,6 +82,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
     args.names = names
+    try:
+        args.sizes = tuple(int(n) for n in args.nodes.split(",") if n.strip())
+    except ValueError:
+        parser.error(f"--nodes takes comma-separated node counts, got {args.nodes!r}")
+    if any(n < 1 for n in args.sizes):
+        parser.error("--nodes: every fleet size must be at least 1")
     if args.out is None:
         args.out = REPO_ROOT / "bench" / "results" / ("quick.json" if args.quick else "latest.json")
     return args
@@ -67,18 +97,37 @@ def _mark(met: bool | None) -> str:
     return {True: "[green]yes[/]", False: "[red]NO[/]", None: "[dim]-[/]"}[met]
 
 
-def print_table(console: Console, results: dict[str, BenchResult], errors: dict[str, str]) -> None:
+def load_baseline(path: Path | None) -> dict[tuple[str, str], float | None]:
+    """(benchmark, measure) -> value from an earlier results JSON; empty when there is none."""
+    if path is None or not path.is_file():
+        return {}
+    doc = json.loads(path.read_text())
+    found: dict[tuple[str, str], float | None] = {}
+    for name, bench in doc.get("benchmarks", {}).items():
+        for check in bench.get("checks", []):
+            found[(name, check["measure"])] = check.get("value")
+    return found
+
+
+def print_table(
+    console: Console,
+    results: dict[str, BenchResult],
+    errors: dict[str, str],
+    baseline: dict[tuple[str, str], float | None],
+) -> None:
     table = Table(title="mlnode-upgrade benchmarks", show_lines=False)
-    for col in ("benchmark", "measure", "value", "target", "met"):
+    for col in ("benchmark", "measure", "value", "baseline", "target", "met"):
         table.add_column(col, overflow="fold")
     for name, result in results.items():
         first = True
         for check in result.checks:
             value = "-" if check.value is None else f"{check.value:g} {check.unit}"
-            table.add_row(name if first else "", check.measure, value, check.target, _mark(check.met))
+            before = baseline.get((name, check.measure))
+            was = "" if before is None else f"{before:g} {check.unit}"
+            table.add_row(name if first else "", check.measure, value, was, check.target, _mark(check.met))
             first = False
         for measure, value in result.rows:
-            table.add_row(name if first else "", measure, value, "", "")
+            table.add_row(name if first else "", measure, value, "", "", "")
             first = False
         table.add_section()
     for name, error in errors.items():
@@ -94,6 +143,7 @@ async def run_all(
         work_dir=args.work_dir.resolve(),
         say=lambda text: console.print(text, highlight=False),
         profile=tuple(p.strip() for p in args.profile.split(",") if p.strip()),
+        nodes=args.sizes,
     )
     results: dict[str, BenchResult] = {}
     errors: dict[str, str] = {}
@@ -129,8 +179,10 @@ def main(argv: list[str] | None = None) -> int:
         "errors": {name: e.strip().splitlines()[-1] for name, e in errors.items()},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    baseline = load_baseline(args.baseline)
+    doc["baseline"] = {"path": str(args.baseline), "found": bool(baseline)}
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
-    print_table(console, results, errors)
+    print_table(console, results, errors, baseline)
     console.print(f"results written to {args.out} ({wall:.0f} s)")
     return 1 if errors else 0
 

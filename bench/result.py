@@ -77,3 +77,5 @@ class BenchContext:
     profile: tuple[str, ...] = ()
     # Measurements one benchmark leaves for another in the same run (fan-out reuses the switches).
     shared: dict[str, Any] = field(default_factory=dict)
+    # Fleet sizes for the switch benchmarks (`--nodes`); empty: each benchmark's own.
+    nodes: tuple[int, ...] = ()

@@ -143,7 +143,14 @@ class BenchStack(StackCalls):
     def _start_nginx(self) -> None:
         nginx_dir = self.run_dir / "nginx"
         server = local_proxy(self.nginx_port, {v: f"127.0.0.1:{port}" for v, port in self.mock_ports.items()})
-        conf = render_nginx_conf([server], runtime_dir=nginx_dir, worker_processes=self.cfg.nginx_workers)
+        conf = render_nginx_conf(
+            [server],
+            runtime_dir=nginx_dir,
+            worker_processes=self.cfg.nginx_workers,
+            # The broker keeps a connection or more per node and nginx one more per request
+            # upstream: a 5,000-node fleet behind this one nginx overran 4,096.
+            worker_connections=max(4096, 3 * self.cfg.nodes),
+        )
         prepare_runtime_dir(nginx_dir, conf)
         self.procs.spawn("nginx", foreground_argv(nginx_dir), ready_url=f"{self.nginx_url}{HEALTH_PATH}")
 
@@ -225,7 +232,7 @@ class BenchStack(StackCalls):
 
     def _python(self, name: str, module: str) -> list[str]:
         if name in self.cfg.profile:
-            return [sys.executable, "-m", "cProfile", "-o", str(self.run_dir / f"{name}.prof"), "-m", module]
+            return [sys.executable, "-m", "bench.cpu_profile", str(self.run_dir / f"{name}.prof"), module]
         return python_module(module)
 
     def node_configs(self) -> list[dict[str, object]]:

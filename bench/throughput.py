@@ -29,7 +29,7 @@ from shared.versions import MLNodeVersion
 
 __all__ = ["Plan", "run"]
 
-CATCH_UP_TARGET = 5000.0  # events per second
+CATCH_UP_TARGET = 10_000.0  # events per second
 
 
 @dataclass(frozen=True)

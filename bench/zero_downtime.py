@@ -28,7 +28,7 @@ from bench.harness import NEW, OLD, BenchStack, LogTail, StackConfig
 from bench.loadgen import RawClient, Sample, open_loop, sequential
 from bench.poc_endpoint import PocCall, PocDriver, PocPlan, handoff_window, poc_figures, poc_schedule
 from bench.result import BenchContext, BenchResult, Check
-from bench.stats import ratio, summarize_ms
+from bench.stats import percentile, ratio, summarize_ms
 
 __all__ = ["Plan", "phases", "run", "timeline"]
 
@@ -63,6 +63,35 @@ def phases(samples: list[Sample], block_at: float, during_s: float) -> dict[str,
         else:
             out["after"].append(s)
     return out
+
+
+RECOVERY_TARGET_S = 2.0  # back to the steady p99 this long after the last node is ready
+RECOVERY_WINDOW_S = 1.0
+RECOVERY_FROM_RPS = 250  # the rates the recovery target is checked at
+RECOVERY_STEP_S = 0.25
+
+
+def recovery_s(samples: list[Sample], last_ready: float, steady_p99_ms: float | None) -> float | None:
+    """Seconds from the last node ready until latency is back to steady, or None if it never is.
+
+    Back to steady at t: the requests sent from t to the end of the run, all answered, have a
+    p99 within twice the p99 before the switch. (Not "every later second": a blip of a few slow
+    requests long after the switch, as steady runs have too, is not the switch's backlog.)
+    0 when it already is at the last node ready.
+    """
+    if steady_p99_ms is None:
+        return None
+    limit_s = 2 * steady_p99_ms / 1000
+    after = sorted((s for s in samples if s.sent_wall >= last_ready), key=lambda s: s.sent_wall)
+    if not after:
+        return None
+    t, end = last_ready, after[-1].sent_wall - RECOVERY_WINDOW_S  # keep at least a window's worth
+    while t <= end:
+        rest = [s for s in after if s.sent_wall >= t]
+        if all(s.ok for s in rest) and (percentile([s.latency_s for s in rest], 99) or 0.0) <= limit_s:
+            return round(t - last_ready, 3)
+        t += RECOVERY_STEP_S
+    return None
 
 
 def timeline(samples: list[Sample], block_at: float, bucket_s: float = 1.0) -> list[dict[str, Any]]:
@@ -141,6 +170,7 @@ async def run_variant(ctx: BenchContext, kind: str, rate: int, plan: Plan) -> di
         client.close()
         stack.check_alive()
         await stack.settle(NEW, timeout_s=60, in_pow=in_pow)
+        ready_at = await stack.nodes_ready_at(NEW, block["at"]) if kind == "ours" else {}
         instances = (await stack.call_json("GET", f"{stack.mock_url(OLD)}/mock/instances"))["instances"]
         old_states = {i["node"]: i["state"] for i in instances}
         if poc is not None:
@@ -158,6 +188,7 @@ async def run_variant(ctx: BenchContext, kind: str, rate: int, plan: Plan) -> di
         key = f"{s.status} {s.error[:60]}"
         errors[key] = errors.get(key, 0) + 1
     poc_result = None if poc_after is None else {**poc_after, **poc_figures(poc_calls, block_at, window, NEW)}
+    last_ready = max(ready_at.values()) if ready_at else None
     return {
         "requests": len(samples),
         "failed": len(failed),
@@ -168,6 +199,10 @@ async def run_variant(ctx: BenchContext, kind: str, rate: int, plan: Plan) -> di
         # Back to normal after the switch: the median within twice what it was before.
         "latency_recovered": (
             before_p50 is not None and after_p50 is not None and after_p50 <= 2 * before_p50
+        ),
+        "last_node_ready_after_block_s": None if last_ready is None else round(last_ready - block_at, 3),
+        "recovered_after_last_ready_s": (
+            None if last_ready is None else recovery_s(samples, last_ready, figures["before"]["p99_ms"])
         ),
         "failure_window_s": (
             round(max(s.sent_wall for s in failed) - min(s.sent_wall for s in failed), 3) if failed else 0.0
@@ -209,6 +244,15 @@ async def run(ctx: BenchContext) -> BenchResult:
             ),
         }
         checks.append(Check.at_most(f"failed requests at {rate} rps (ours)", ours["failed"], 0, "requests"))
+        if rate >= RECOVERY_FROM_RPS:
+            checks.append(
+                Check.at_most(
+                    f"back to steady p99 after the last node ready at {rate} rps (ours)",
+                    ours["recovered_after_last_ready_s"],
+                    RECOVERY_TARGET_S,
+                    "s",
+                )
+            )
         checks += _poc_checks(rate, poc)
         for name, v in (("ours", ours), ("baseline", base)):
             p = v["phases"]

@@ -8,6 +8,7 @@ of "the server restarted" needs.
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import signal
 import socket
@@ -42,10 +43,44 @@ def find_nats_server() -> str:
     return found
 
 
+_EPHEMERAL_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LISTEN_PORTS = (15000, 32000)  # where ports are picked, unless the ephemeral range overlaps it
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = (int(p) for p in _EPHEMERAL_FILE.read_text().split())
+    except (OSError, ValueError):
+        return (32768, 60999)  # Linux's default
+    return low, high
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A port free now, for a child process to listen on, outside the ephemeral range.
+
+    A port the kernel hands out for `bind(0)` is an ephemeral one: any outgoing connection on
+    the machine may take it in the moment before the child binds it (seen as a mock MLNode's
+    "Address already in use" while a stack started). Ports below that range are not given to
+    outgoing connections; one is not handed out twice by this process.
+    """
+    low, high = _ephemeral_range()
+    first, last = _LISTEN_PORTS
+    if low <= last and high >= first:  # an unusual ephemeral range: fall back to the kernel's pick
+        first, last = 0, 0
+    for _ in range(1000):
+        port = random.randint(first, last) if last else 0
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            chosen = int(sock.getsockname()[1])
+        _handed_out.add(chosen)
+        return chosen
+    raise EmbeddedNatsError(f"no free port between {first} and {last} on {host}")
 
 
 class EmbeddedNats:

@@ -97,8 +97,12 @@ def render_nginx_conf(
     runtime_dir: Path | None = None,
     resolver: str | None = None,
     worker_processes: int = 1,
+    worker_connections: int = 4096,
 ) -> str:
     """The whole nginx.conf.
+
+    `worker_connections` bounds the connections each worker holds, both sides counted: one
+    nginx in front of a simulated fleet of thousands of nodes needs more than one node's proxy.
 
     `runtime_dir` puts the pid file, logs and temp files there (for a local, unprivileged nginx).
     `resolver` (e.g. `127.0.0.11` in Docker) switches to run-time name resolution: upstream hosts
@@ -118,7 +122,7 @@ def render_nginx_conf(
     out.append(f"worker_processes {worker_processes};")
     if runtime_dir is not None:
         out += [f"pid {runtime_dir}/nginx.pid;", f"error_log {runtime_dir}/error.log warn;"]
-    out += ["", "events {", "    worker_connections 4096;", "}", "", "http {"]
+    out += ["", "events {", f"    worker_connections {worker_connections};", "}", "", "http {"]
     if runtime_dir is not None:
         out += [
             f"    access_log {runtime_dir}/access.log;",

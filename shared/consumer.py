@@ -68,15 +68,25 @@ class Delivery:
 
 
 Handler = Callable[[Event, Delivery], Awaitable[None]]
+# Several events at once, in stream order: a handler that can apply a fetched batch in one write.
+BatchHandler = Callable[[list[tuple[Event, Delivery]]], Awaitable[None]]
 
 
 class DurableConsumer:
-    """Runs `handler` over a durable consumer until cancelled; survives NATS restarts."""
+    """Runs `handler` over a durable consumer until cancelled; survives NATS restarts.
 
-    def __init__(self, bus: Bus, spec: ConsumerSpec, handler: Handler) -> None:
+    With `batch_handler`, each fetched batch's valid events go to it at once and are acked
+    together after it returned; when it raises, the batch is handled again one event at a time
+    with `handler`, so only the event that fails is redelivered (handlers are idempotent anyway).
+    """
+
+    def __init__(
+        self, bus: Bus, spec: ConsumerSpec, handler: Handler, batch_handler: BatchHandler | None = None
+    ) -> None:
         self.bus = bus
         self.spec = spec
         self.handler = handler
+        self.batch_handler = batch_handler
         self._rebind = asyncio.Event()
         bus.on_reconnect(self._on_reconnect)
 
@@ -132,10 +142,14 @@ class DurableConsumer:
                     idle_since = time.monotonic()
                 continue
             idle_since = time.monotonic()
+            if self.batch_handler is not None and len(msgs) > 1:
+                await self._process_batch(msgs, self.batch_handler)
+                continue
             for msg in msgs:
                 await self._process(msg)
 
-    async def _process(self, msg: Msg) -> None:
+    async def _parse(self, msg: Msg) -> tuple[Event, Delivery] | None:
+        """The message's event, or None when it was invalid (rejected and acked)."""
         meta = msg.metadata
         delivery = Delivery(
             subject=msg.subject,
@@ -144,13 +158,46 @@ class DurableConsumer:
             num_delivered=meta.num_delivered,
             published_at=meta.timestamp,
         )
-        metrics = self.bus.metrics
-        metrics.events_received_total.labels(subject=msg.subject).inc()
+        self.bus.metrics.events_received_total.labels(subject=msg.subject).inc()
         try:
-            event = parse_event(msg.subject, msg.data)
+            return parse_event(msg.subject, msg.data), delivery
         except InvalidEventError as err:
             await self._reject(msg, delivery, err)
+            return None
+
+    async def _process_batch(self, msgs: list[Msg], handler: BatchHandler) -> None:
+        parsed: list[tuple[Msg, Event, Delivery]] = []
+        for msg in msgs:
+            found = await self._parse(msg)
+            if found is not None:
+                parsed.append((msg, *found))
+        if not parsed:
             return
+        started = time.perf_counter()
+        try:
+            await handler([(event, delivery) for _, event, delivery in parsed])
+        except Exception as exc:
+            log.warning(
+                "batch handler failed; handling the batch one event at a time",
+                extra={"durable": self.spec.durable, "events": len(parsed), "error": repr(exc)},
+            )
+            for msg, event, delivery in parsed:
+                await self._handle(msg, event, delivery)
+            return
+        share = (time.perf_counter() - started) / len(parsed)
+        metrics = self.bus.metrics
+        for msg, _, _ in parsed:
+            metrics.event_handle_seconds.labels(subject=msg.subject).observe(share)
+            await msg.ack()
+            metrics.events_handled_total.labels(subject=msg.subject).inc()
+
+    async def _process(self, msg: Msg) -> None:
+        found = await self._parse(msg)
+        if found is not None:
+            await self._handle(msg, *found)
+
+    async def _handle(self, msg: Msg, event: Event, delivery: Delivery) -> None:
+        metrics = self.bus.metrics
         started = time.perf_counter()
         try:
             await self.handler(event, delivery)

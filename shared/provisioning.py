@@ -47,7 +47,7 @@ def registry_consumers(
     ack_wait_s: float = 30.0,
 ) -> tuple[ConsumerSpec, ConsumerSpec]:
     return (
-        ConsumerSpec("CHAIN", chain_durable, ("chain.>",), ack_wait_s=ack_wait_s),
+        ConsumerSpec("CHAIN", chain_durable, ("chain.>",), ack_wait_s=ack_wait_s, batch=256),
         ConsumerSpec("BROKER", broker_durable, ("broker.refreshed",), ack_wait_s=ack_wait_s),
     )
 

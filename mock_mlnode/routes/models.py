@@ -14,7 +14,7 @@ __all__ = ["router"]
 router = APIRouter()
 
 
-def _cache(inst: InstanceDep, mock: MockDep) -> ModelCache:
+async def _cache(inst: InstanceDep, mock: MockDep) -> ModelCache:
     return mock.model_caches[inst.machine.node]
 
 

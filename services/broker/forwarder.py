@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
 from starlette.responses import JSONResponse, Response
 
+from services.broker.client_gone import ClientGone, Disconnected, acquire_while_connected
 from services.broker.metrics import BrokerMetrics
 from services.broker.mlnode_client import ClientBook
 from services.broker.pool import Lease, NodePool, NoNodeReady
 from services.broker.relay import answer_headers, passed_headers, relay
+from services.broker.upstream import Upstream, UpstreamError
 from shared.logging import get_logger
 
 __all__ = ["NODE_HEADER", "Forwarder"]
@@ -25,6 +26,7 @@ log = get_logger(__name__)
 
 NODE_HEADER = "x-broker-node"
 RETRY_STATUSES = frozenset({502, 503, 504})
+CLIENT_CLOSED = 499  # nginx's status for a client that closed the connection first; nobody reads it
 
 
 def _error(status: int, message: str, kind: str) -> JSONResponse:
@@ -42,7 +44,11 @@ class Forwarder:
         self.wait_s = wait_s
         self.attempts = attempts
 
-    async def forward(self, route: str, body: bytes, headers: dict[str, str]) -> Response:
+    async def forward(
+        self, route: str, body: bytes, headers: dict[str, str], gone: Disconnected | None = None
+    ) -> Response:
+        """`gone` returns when the client disconnects: a request still waiting for a node then
+        gives up its place (499, counted as `client_gone`)."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + self.wait_s
@@ -51,7 +57,12 @@ class Forwarder:
         failed: set[str] = set()
         for attempt in range(1, self.attempts + 1):
             try:
-                lease = await self.pool.acquire(max(deadline - loop.time(), 0.0), frozenset(failed))
+                lease = await acquire_while_connected(
+                    self.pool, max(deadline - loop.time(), 0.0), gone, frozenset(failed)
+                )
+            except ClientGone:
+                self.metrics.forwarded_total.labels(route=route, result="client_gone").inc()
+                return Response(status_code=CLIENT_CLOSED)
             except NoNodeReady as exc:
                 self.metrics.forwarded_total.labels(route=route, result="no_node").inc()
                 waited = loop.time() - started
@@ -68,13 +79,12 @@ class Forwarder:
             if attempt == 1:
                 self.metrics.forward_wait_seconds.observe(loop.time() - started)
             client = self.book.get(lease.node, lease.version)
-            request = client.inference_request(route, body, passed)
             try:
-                upstream = await client.http.send(request, stream=True)
-            except httpx.HTTPError as exc:
+                upstream = await client.open("POST", f"{client.inference_url}{route}", body, passed)
+            except UpstreamError as exc:
                 self.pool.release(lease)
                 failed.add(lease.node.id)
-                last_error = f"{lease.node.id}: {type(exc).__name__}: {exc}"
+                last_error = f"{lease.node.id}: {exc}"
                 log.warning(
                     "forward failed, retrying",
                     extra={
@@ -85,17 +95,17 @@ class Forwarder:
                     },
                 )
                 continue
-            if upstream.status_code in RETRY_STATUSES and attempt < self.attempts:
+            if upstream.status in RETRY_STATUSES and attempt < self.attempts:
                 await upstream.aclose()
                 self.pool.release(lease)
                 failed.add(lease.node.id)
-                last_error = f"{lease.node.id} answered {upstream.status_code}"
+                last_error = f"{lease.node.id} answered {upstream.status}"
                 continue
             return await self._relay(route, upstream, lease)
         self.metrics.forwarded_total.labels(route=route, result="error").inc()
         return _error(502, f"every attempt to reach an MLNode failed: {last_error}", "bad_gateway")
 
-    async def _relay(self, route: str, upstream: httpx.Response, lease: Lease) -> Response:
+    async def _relay(self, route: str, upstream: Upstream, lease: Lease) -> Response:
         """Pass the answer through chunk by chunk; the lease ends when the last byte went out."""
         headers = answer_headers(upstream)
         headers[NODE_HEADER] = lease.node.id
@@ -103,10 +113,8 @@ class Forwarder:
             upstream,
             headers,
             lambda: self.pool.release(lease),
-            lambda exc: _error(
-                502, f"{lease.node.id} broke off its answer: {type(exc).__name__}", "bad_gateway"
-            ),
+            lambda exc: _error(502, f"{lease.node.id} broke off its answer: {exc}", "bad_gateway"),
         )
-        result = "ok" if upstream.status_code < 400 else f"http_{upstream.status_code}"
+        result = "ok" if upstream.status < 400 else f"http_{upstream.status}"
         self.metrics.forwarded_total.labels(route=route, result="error" if relayed.broken else result).inc()
         return relayed.response

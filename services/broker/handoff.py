@@ -7,8 +7,11 @@ One handoff moves one node to `target`:
     → for each old version: POST stop (retried with backoff) → GET state must say STOPPED
     → an API node's call waiting for the node takes over from here (its work runs next, as it asked)
     → bring the target into the node's work (`node_work.carry_for`):
-        serving a model: GET state of the target: INFERENCE means it is up already (a resumed
-            handoff), else inference/up → GET the target's /v1/models until it answers (bounded);
+        serving a model: inference/up → GET the target's /v1/models until it answers (bounded);
+            a 409 from inference/up means a load is under way or done (a resumed handoff): GET
+            state of the target says which, INFERENCE going straight to the /v1/models check;
+            with nothing stopped first (upkeep, a new node) the target's state is read before
+            inference/up instead, as it may well serve already;
         PoC or training: POST its init (or train/start) again with the API node's own body;
         stopped: nothing (no `inference/up` the API node did not ask for)
     → finished
@@ -75,6 +78,7 @@ __all__ = [
 
 STOPPED = "STOPPED"
 INFERENCE = "INFERENCE"
+CONFLICT = 409
 MAX_DETAIL = 2000
 
 
@@ -280,6 +284,7 @@ class Handoff:
     work: NodeWork | None = None  # what the API node gave the node to do (None: never said)
     carry: Carry | None = None  # decided after the stops
     not_carried: str = ""  # why the node's work was not carried, when it was not
+    conflict: bool = False  # inference/up answered 409 and the target's state is being read
     after_wait: Command | None = field(default=None, compare=False)
 
     @property
@@ -351,6 +356,9 @@ def advance(h: Handoff, obs: Observation, now: float) -> tuple[Handoff, Command]
             if isinstance(obs, StateIs) and obs.state == INFERENCE:
                 return _enter(h, Phase.WAIT_HEALTHY, now), CheckHealth(_target(h))
             if isinstance(obs, StateIs | Failed):
+                if h.conflict:  # probed at once after a 409: the backoff is still owed
+                    h = replace(h, conflict=False)
+                    return _bring_up_after(h, h.policy.up_backoff_s * h.failures)
                 return _bring_up(h, now)
         case Phase.BRING_UP:
             if isinstance(obs, Ok):
@@ -360,7 +368,8 @@ def advance(h: Handoff, obs: Observation, now: float) -> tuple[Handoff, Command]
                 h = replace(h, failures=failures, up_error=f"inference/up: {obs.error}")
                 if failures >= h.policy.up_attempts:
                     return _finish(h)
-                # Re-probe first: a 409 can mean a load is already under way.
+                if obs.status == CONFLICT:  # a load under way or done: look at once
+                    return replace(h, phase=Phase.PROBE, conflict=True, up_since=None), ReadState(_target(h))
                 h = replace(h, phase=Phase.PROBE, after_wait=ReadState(_target(h)))
                 return h, Wait(h.policy.up_backoff_s * failures)
         case Phase.WAIT_HEALTHY:
@@ -447,6 +456,11 @@ def _into_work(h: Handoff, now: float) -> tuple[Handoff, Command]:
     h = replace(h, carry=carry)
     match carry:
         case Serve():
+            if h.confirmed or h.unconfirmed:
+                # A switch that just stopped the old version: the target does not run (or, for
+                # a resumed handoff, inference/up answers 409), so no state read first.
+                return _bring_up(h, now)
+            # Nothing was stopped (upkeep, a new node): the target may well serve already.
             return _enter(h, Phase.PROBE, now), ReadState(_target(h))
         case Reinit():
             h = _enter(h, Phase.START_WORK, now)
@@ -470,6 +484,14 @@ def _bring_up(h: Handoff, now: float) -> tuple[Handoff, Command]:
     return _enter(h, Phase.BRING_UP, now, keep_failures=True), BringUp(
         _target(h), carry.model, carry.args, carry.dtype
     )
+
+
+def _bring_up_after(h: Handoff, seconds: float) -> tuple[Handoff, Command]:
+    """Wait, then send inference/up again (that load is not timed: its start is not seen here)."""
+    assert isinstance(h.carry, Serve)
+    carry = h.carry
+    up = BringUp(_target(h), carry.model, carry.args, carry.dtype)
+    return replace(h, phase=Phase.BRING_UP, after_wait=up, up_since=None), Wait(seconds)
 
 
 def _finish(h: Handoff) -> tuple[Handoff, Finish]:

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 
+from services.broker.client_gone import disconnected
 from services.broker.coordinator import Coordinator
 from services.broker.forwarder import Forwarder
 from services.broker.metrics import BrokerMetrics
@@ -50,11 +51,15 @@ def inference_routes(forwarder: Forwarder) -> APIRouter:
 
     @router.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        return await forwarder.forward("/v1/chat/completions", await request.body(), dict(request.headers))
+        body = await request.body()
+        return await forwarder.forward(
+            "/v1/chat/completions", body, dict(request.headers), disconnected(request)
+        )
 
     @router.post("/tokenize")
     async def tokenize(request: Request) -> Response:
-        return await forwarder.forward("/tokenize", await request.body(), dict(request.headers))
+        body = await request.body()
+        return await forwarder.forward("/tokenize", body, dict(request.headers), disconnected(request))
 
     return router
 

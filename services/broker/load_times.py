@@ -16,7 +16,8 @@ from shared.versions import MLNodeVersion
 __all__ = ["LoadTimeBook", "LoadTimes"]
 
 KEEP = 5
-Seconds = Annotated[float, Field(ge=0, le=86_400)]
+MAX_SECONDS = 86_400
+Seconds = Annotated[float, Field(ge=0, le=MAX_SECONDS)]
 
 
 def _key(node_id: str, version: MLNodeVersion) -> str:
@@ -29,11 +30,17 @@ class LoadTimes(BaseModel):
     loads: dict[str, tuple[Seconds, ...]] = Field(default_factory=dict)  # "node@version" -> newest last
 
     def with_load(self, node_id: str, version: MLNodeVersion, seconds: float) -> LoadTimes:
+        # Not validated again: the loads held are valid, and a new one is a measured duration.
+        # (Validating the whole book on every handoff made a 1,000-node switch quadratic.)
+        if not 0 <= seconds <= MAX_SECONDS:
+            raise ValueError(f"a load of {seconds}s is out of range")
         key = _key(node_id, version)
-        return LoadTimes(loads={**self.loads, key: (*self.loads.get(key, ())[-(KEEP - 1) :], seconds)})
+        loads = {**self.loads, key: (*self.loads.get(key, ())[-(KEEP - 1) :], seconds)}
+        return LoadTimes.model_construct(loads=loads)
 
     def without_node(self, node_id: str) -> LoadTimes:
-        return LoadTimes(loads={k: v for k, v in self.loads.items() if k.rsplit("@", 1)[0] != node_id})
+        loads = {k: v for k, v in self.loads.items() if k.rsplit("@", 1)[0] != node_id}
+        return LoadTimes.model_construct(loads=loads)
 
     def expected(self, node_id: str, version: MLNodeVersion) -> float | None:
         """The slowest of the recent loads, or None before the first."""

@@ -6,6 +6,7 @@ Field names follow the real `node-config.json` (`inference_port`, `poc_segment`,
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
@@ -39,6 +40,19 @@ class Hardware(_Model):
     count: Annotated[int, Field(ge=0)] = 1
 
 
+@lru_cache(maxsize=16_384)
+def _endpoint(
+    host: str,
+    inference_port: int,
+    poc_port: int,
+    inference_segment: str,
+    poc_segment: str,
+    base_url: str | None,
+) -> NodeEndpoint:
+    """Built and validated once per address: every MLNode call asks for its node's endpoint."""
+    return NodeEndpoint(host, inference_port, poc_port, inference_segment, poc_segment, base_url)
+
+
 class NodeConfig(_Model):
     """One MLNode; the URLs of each version are built from these fields at the moment of use."""
 
@@ -64,13 +78,13 @@ class NodeConfig(_Model):
 
     @property
     def endpoint(self) -> NodeEndpoint:
-        return NodeEndpoint(
-            host=self.host,
-            inference_port=self.inference_port,
-            poc_port=self.poc_port,
-            inference_segment=self.inference_segment,
-            poc_segment=self.poc_segment,
-            base_url=self.base_url,
+        return _endpoint(
+            self.host,
+            self.inference_port,
+            self.poc_port,
+            self.inference_segment,
+            self.poc_segment,
+            self.base_url,
         )
 
     @property

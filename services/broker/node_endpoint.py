@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-import httpx
 from fastapi import Request
 from starlette.responses import JSONResponse, Response
 
@@ -33,6 +32,7 @@ from services.broker.node_work import WorkKind, work_after_call
 from services.broker.pool import STAGING_PHASES, Lease, NodePool, NoNodeReady, SlotPhase
 from services.broker.relay import answer_headers, passed_headers, relay
 from services.broker.scheduler import NodeScheduler
+from services.broker.upstream import UpstreamError
 from services.broker.work_book import WorkBook
 from shared.logging import get_logger
 from shared.versions import MLNodeVersion
@@ -225,18 +225,11 @@ class NodeEndpoint:
         url = f"{base}{call.route}"
         if request.url.query:
             url = f"{url}?{request.url.query}"
-        outgoing = client.http.build_request(
-            request.method,
-            url,
-            content=body,
-            headers=passed_headers(request.headers),
-            timeout=client.timeouts.timeout(client.timeouts.inference_s),
-        )
         try:
-            upstream = await client.http.send(outgoing, stream=True)
-        except httpx.HTTPError as exc:
+            upstream = await client.open(request.method, url, body, passed_headers(request.headers))
+        except UpstreamError as exc:
             self.pool.release(lease)
-            return _refusal(502, f"{answering}@{version}: {type(exc).__name__}: {exc}")
+            return _refusal(502, f"{answering}@{version}: {exc}")
         headers = answer_headers(upstream)
         headers[VERSION_HEADER] = version.raw
         if answering != call.node_id:
@@ -245,6 +238,6 @@ class NodeEndpoint:
             upstream,
             headers,
             lambda: self.pool.release(lease),
-            lambda exc: _refusal(502, f"{answering}@{version} broke off its answer: {type(exc).__name__}"),
+            lambda exc: _refusal(502, f"{answering}@{version} broke off its answer: {exc}"),
         )
         return relayed.response

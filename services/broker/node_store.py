@@ -30,6 +30,10 @@ WORK_KEY = "node_work"
 LOAD_TIMES_KEY = "load_times"
 STAGING_KEY = "staging"
 MAX_CAS_RETRIES = 10
+# The switch record and the load times are written once per finished handoff: at most this often,
+# so a 5,000-node switch writes its megabyte-sized record dozens of times, not thousands (each
+# write encodes all of it). An outcome reaches KV, and `broker.refreshed` goes out, this much later.
+RECORD_WRITE_INTERVAL_S = 0.25
 FORMAT = 1
 
 
@@ -57,12 +61,18 @@ def kv_store(store: VersionedStore) -> BrokerStore:
             OptionalCodec(ModelCodec(TransitionRecord, FORMAT)),
             None,
             max_attempts=MAX_CAS_RETRIES,
+            min_interval_s=RECORD_WRITE_INTERVAL_S,
         ),
         work=KvDocument(
             store, WORK_KEY, ModelCodec(NodeWorks, FORMAT), NodeWorks(), max_attempts=MAX_CAS_RETRIES
         ),
         load_times=KvDocument(
-            store, LOAD_TIMES_KEY, ModelCodec(LoadTimes, FORMAT), LoadTimes(), max_attempts=MAX_CAS_RETRIES
+            store,
+            LOAD_TIMES_KEY,
+            ModelCodec(LoadTimes, FORMAT),
+            LoadTimes(),
+            max_attempts=MAX_CAS_RETRIES,
+            min_interval_s=RECORD_WRITE_INTERVAL_S,
         ),
         staging=KvDocument(
             store,

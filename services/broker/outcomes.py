@@ -60,7 +60,7 @@ class SwitchLedger:
 
     async def begin(self, record: TransitionRecord) -> TransitionRecord | None:
         """Persisted before any node is touched: a restart resumes exactly this switch."""
-        self.record = await self.doc.mutate(lambda _: record)
+        self.record = await self.doc.mutate(lambda _: record, at_once=True)  # the route waits on it
         return self.record
 
     async def record_outcome(self, record: TransitionRecord, outcome: NodeOutcome) -> None:

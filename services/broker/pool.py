@@ -15,7 +15,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from services.broker.models import NodeConfig
-from services.broker.routing import NodeLoad, pick, why_none
+from services.broker.routing import LeastBusyIndex, NodeLoad, pick, why_none
 from shared.versions import MLNodeVersion
 
 __all__ = ["Lease", "NoNodeReady", "NodePool", "NodeSlot", "SlotPhase"]
@@ -65,6 +65,7 @@ class NodeSlot:
     ready: bool = False
     phase: SlotPhase = SlotPhase.STARTING
     in_flight: Counter[MLNodeVersion] = field(default_factory=Counter)
+    judged: bool = False  # marked (ready or not) since this process took the node in
 
     def load(self) -> NodeLoad:
         return NodeLoad(
@@ -94,6 +95,7 @@ class NodePool:
         self._waiters: deque[tuple[asyncio.Future[Lease], frozenset[str], frozenset[str] | None]] = deque()
         # A rollback's first wave: versions whose ready nodes serve while the current one cannot.
         self.bridge: frozenset[MLNodeVersion] = frozenset()
+        self._least_busy = LeastBusyIndex()  # kept in step with every change of a slot
 
     def _signal(self) -> None:
         """Hand free capacity to waiting requests, then wake the drain waiters to re-check."""
@@ -101,13 +103,20 @@ class NodePool:
         self._changed.set()
         self._changed = asyncio.Event()
 
+    def _changed_slot(self, slot: NodeSlot) -> None:
+        self._least_busy.update(slot.load())
+
     def _try_lease(self, avoid: frozenset[str], among: frozenset[str] | None = None) -> Lease | None:
-        node_id = pick(self.loads(), self.current, avoid, self.bridge, among)
+        if not avoid and among is None and not self.bridge:
+            node_id = self._least_busy.best(self.current)
+        else:
+            node_id = pick(self.loads(), self.current, avoid, self.bridge, among)
         if node_id is None or self.current is None:
             return None
         slot = self.slots[node_id]
         version = slot.version or self.current  # the current one, or a bridge version
         slot.in_flight[version] += 1
+        self._changed_slot(slot)
         return Lease(slot.config, version)
 
     def _grant(self) -> None:
@@ -140,6 +149,7 @@ class NodePool:
 
     def set_current(self, version: MLNodeVersion | None) -> None:
         self.current = version
+        self._least_busy.rebuild(self.loads())
         self._signal()
 
     def set_bridge(self, versions: frozenset[MLNodeVersion]) -> None:
@@ -153,6 +163,7 @@ class NodePool:
         for slot in self.slots.values():
             if slot.version is None:
                 slot.version = version
+                self._changed_slot(slot)
 
     def upsert(self, config: NodeConfig) -> NodeSlot:
         slot = self.slots.get(config.id)
@@ -160,11 +171,13 @@ class NodePool:
             slot = self.slots[config.id] = NodeSlot(config)
         else:
             slot.config = config
+        self._changed_slot(slot)
         self._signal()
         return slot
 
     def remove(self, node_id: str) -> None:
         self.slots.pop(node_id, None)
+        self._least_busy.discard(node_id)
         self._signal()
 
     def get(self, node_id: str) -> NodeSlot | None:
@@ -178,9 +191,11 @@ class NodePool:
         if slot is None:
             return
         slot.ready = ready
+        slot.judged = True
         slot.phase = SlotPhase(phase)
         if version is not None:
             slot.version = version
+        self._changed_slot(slot)
         self._signal()
 
     def note_phase(self, node_id: str, phase: SlotPhase) -> None:
@@ -200,14 +215,19 @@ class NodePool:
 
     # -- leases ------------------------------------------------------------------------------------
 
+    def try_acquire(
+        self, avoid: frozenset[str] = frozenset(), among: frozenset[str] | None = None
+    ) -> Lease | None:
+        """A lease at once, or None when it would have to wait (nor does it jump the queue)."""
+        return None if self._waiters else self._try_lease(avoid, among)
+
     async def acquire(
         self, timeout_s: float, avoid: frozenset[str] = frozenset(), among: frozenset[str] | None = None
     ) -> Lease:
         """A lease on the least-busy ready node of the current version, waiting up to `timeout_s`."""
-        if not self._waiters:  # no queue to jump
-            lease = self._try_lease(avoid, among)
-            if lease is not None:
-                return lease
+        lease = self.try_acquire(avoid, among)
+        if lease is not None:
+            return lease
         future: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
         self._waiters.append((future, avoid, among))
         self._grant()
@@ -227,6 +247,7 @@ class NodePool:
         if slot is None:
             return None
         slot.in_flight[version] += 1
+        self._changed_slot(slot)
         return Lease(slot.config, version)
 
     def release(self, lease: Lease) -> None:
@@ -235,6 +256,7 @@ class NodePool:
             slot.in_flight[lease.version] -= 1
             if not slot.in_flight[lease.version]:
                 del slot.in_flight[lease.version]
+            self._changed_slot(slot)
         self._signal()
 
     async def wait_drained(self, node_id: str, versions: tuple[MLNodeVersion, ...], timeout_s: float) -> int:

@@ -44,7 +44,9 @@ class Gateway(Protocol):
     async def serving(self, node: NodeConfig, version: MLNodeVersion) -> None:
         """The version's model answers requests (not merely the container is healthy)."""
 
-    async def management_health(self, node: NodeConfig, version: MLNodeVersion) -> None: ...
+    async def management_health(self, node: NodeConfig, version: MLNodeVersion) -> str | None:
+        """The container is up and sees its GPU; returns its state when the answer says it
+        (the real `/health` carries `service_state`), so a probe needs no second call."""
 
     def forget(self, node_id: str) -> None:
         """The node was removed: release what is held for it (connections)."""

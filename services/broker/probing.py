@@ -95,14 +95,16 @@ class ReadinessProber:
         return readiness
 
     async def _probe(self, node: NodeConfig, version: MLNodeVersion) -> Probe:
+        """One call per node when the health answer carries the state (the real one does)."""
         state: str | None = None
         state_error = health_error = ""
         try:
-            state = await self.gateway.state(node, version)
-        except MLNodeCallError as exc:
-            state_error = str(exc)
-        try:
-            await self.gateway.management_health(node, version)
+            state = await self.gateway.management_health(node, version)
         except MLNodeCallError as exc:
             health_error = str(exc)
+        if state is None:
+            try:
+                state = await self.gateway.state(node, version)
+            except MLNodeCallError as exc:
+                state_error = str(exc)
         return Probe(node.id, state, state_error, health_error)

@@ -10,16 +10,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import NamedTuple
 
-import httpx
 from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
+
+from services.broker.upstream import Upstream, UpstreamError
 
 __all__ = ["Relayed", "answer_headers", "passed_headers", "relay"]
 
 # Request headers passed on; everything else (host, hop-by-hop, content-length) is the client's own.
 # The real API node's Go client sends no Content-Type on its POSTs: none is added.
 _PASS_REQUEST = frozenset({"content-type", "accept", "authorization", "x-request-id", "user-agent"})
-# Response headers not passed on: hop-by-hop ones, and the encoding (bodies are relayed decoded).
+# Response headers not passed on: hop-by-hop ones, and the encoding when the client decoded the body.
 _DROP_RESPONSE = frozenset(
     {"content-length", "content-encoding", "transfer-encoding", "connection", "keep-alive", "date", "server"}
 )
@@ -29,8 +30,9 @@ def passed_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k.lower() in _PASS_REQUEST}
 
 
-def answer_headers(upstream: httpx.Response) -> dict[str, str]:
-    return {k: v for k, v in upstream.headers.items() if k.lower() not in _DROP_RESPONSE}
+def answer_headers(upstream: Upstream) -> dict[str, str]:
+    drop = _DROP_RESPONSE if upstream.decoded else _DROP_RESPONSE - {"content-encoding"}
+    return {k: v for k, v in upstream.headers if k not in drop}
 
 
 class Relayed(NamedTuple):
@@ -39,10 +41,10 @@ class Relayed(NamedTuple):
 
 
 async def relay(
-    upstream: httpx.Response,
+    upstream: Upstream,
     headers: dict[str, str],
     done: Callable[[], None],
-    broken: Callable[[httpx.HTTPError], Response],
+    broken: Callable[[UpstreamError], Response],
 ) -> Relayed:
     """Stream an SSE answer chunk by chunk, read any other whole; `done` runs once at the end."""
     finished = False
@@ -55,22 +57,30 @@ async def relay(
 
     async def chunks() -> AsyncIterator[bytes]:
         try:
-            async for chunk in upstream.aiter_bytes():
+            async for chunk in upstream.chunks():
                 yield chunk
         finally:
             await upstream.aclose()
             finish()
 
-    if upstream.headers.get("content-type", "").startswith("text/event-stream"):
+    async def close_and_finish() -> None:
+        await upstream.aclose()  # a stream never iterated still gives its connection back
+        finish()
+
+    content_type = next((v for k, v in upstream.headers if k == "content-type"), "")
+    if content_type.startswith("text/event-stream"):
         response = StreamingResponse(
-            chunks(), status_code=upstream.status_code, headers=headers, background=BackgroundTask(finish)
+            chunks(),
+            status_code=upstream.status,
+            headers=headers,
+            background=BackgroundTask(close_and_finish),
         )
         return Relayed(response, broken=False)
     try:
-        content = b"".join([chunk async for chunk in upstream.aiter_bytes()])
-    except httpx.HTTPError as exc:
+        content = b"".join([chunk async for chunk in upstream.chunks()])
+    except UpstreamError as exc:
         return Relayed(broken(exc), broken=True)
     finally:
         await upstream.aclose()
         finish()
-    return Relayed(Response(content=content, status_code=upstream.status_code, headers=headers), broken=False)
+    return Relayed(Response(content=content, status_code=upstream.status, headers=headers), broken=False)

@@ -12,12 +12,14 @@ take the requests the current version cannot.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from shared.versions import MLNodeVersion
 
-__all__ = ["NodeLoad", "pick", "why_none"]
+__all__ = ["LeastBusyIndex", "NodeLoad", "pick", "why_none"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,61 @@ def pick(
         if best is None or key < best:
             best = key
     return None if best is None else best[4]
+
+
+class LeastBusyIndex:
+    """`pick` for the common case (nothing avoided, bridged or restricted) in O(log n).
+
+    A heap of (load, in flight, node id) entries: a node's entry is pushed again whenever it
+    changes, and entries older than the node's last change are dropped when they reach the top.
+    With a thousand nodes, scanning all of them for every request cost about a millisecond
+    each. The order is `pick`'s, ties to the lowest id.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, str, int, MLNodeVersion]] = []
+        self._stamps: dict[str, int] = {}  # node -> the stamp of its newest entry
+        self._clock = itertools.count(1)  # one clock for all: a node removed and added again
+        # cannot match an entry it left behind
+
+    def update(self, node: NodeLoad) -> None:
+        """The node changed (readiness, version, in flight, capacity)."""
+        stamp = next(self._clock)
+        self._stamps[node.node_id] = stamp
+        if node.version is not None and node.ready and node.in_flight < node.max_concurrent:
+            entry = (node.in_flight / node.max_concurrent, node.in_flight, node.node_id, stamp, node.version)
+            heapq.heappush(self._heap, entry)
+        if len(self._heap) > 2 * len(self._stamps) + 64:
+            self._compact()
+
+    def discard(self, node_id: str) -> None:
+        self._stamps.pop(node_id, None)
+
+    def rebuild(self, nodes: Iterable[NodeLoad]) -> None:
+        self._heap.clear()
+        self._stamps.clear()
+        for node in nodes:
+            self.update(node)
+
+    def best(self, version: MLNodeVersion | None) -> str | None:
+        """The least-busy eligible node serving `version`, or None.
+
+        Entries of other versions are dropped on the way, so one index answers for one version:
+        the pool's current one, rebuilding when that changes.
+        """
+        if version is None:
+            return None
+        heap = self._heap
+        while heap:
+            _, _, node_id, stamp, own = heap[0]
+            if self._stamps.get(node_id) == stamp and own == version:
+                return node_id
+            heapq.heappop(heap)  # outdated (or of another version: a new current rebuilds)
+        return None
+
+    def _compact(self) -> None:
+        self._heap = [e for e in self._heap if self._stamps.get(e[2]) == e[3]]
+        heapq.heapify(self._heap)
 
 
 def why_none(nodes: Iterable[NodeLoad], version: MLNodeVersion | None) -> str:

@@ -101,6 +101,12 @@ class Stager:
         self.planned = self._plan(state)
         if self.switching():
             return self.view()
+        if self.staged is not None and not all(s.judged for s in self.pool.slots.values()):
+            # After a restart, before upkeep has judged every node: the plan cannot be judged yet
+            # (a node still serving the old version is not counted while its first check runs,
+            # and that check shows its steps as phases), so keep what was staged.
+            self._resume()
+            return self.view()
         step = next_step(self.staged, self.planned, self.pool.current, state.last_height)
         match step:
             case Stage():

@@ -65,7 +65,7 @@ class TransitionRecord(BaseModel):
 
     @property
     def complete(self) -> bool:
-        return all(n in self.outcomes for n in self.nodes)
+        return len(self.outcomes) >= len(self.nodes) and all(n in self.outcomes for n in self.nodes)
 
     @property
     def remaining(self) -> tuple[str, ...]:

@@ -61,6 +61,7 @@ from shared.registry_api import PendingPlan, Reason, RegistryState, Transition
 from shared.versions import MLNodeVersion
 
 __all__ = [
+    "HISTORY_KEPT",
     "Command",
     "CoreState",
     "HeldPlan",
@@ -115,7 +116,12 @@ class CoreState(BaseModel):
     current_height: int = 0  # height of the switch that made `current` current
     last_height: int = 0
     pending: tuple[HeldPlan, ...] = ()  # sorted by height; one plan per height, as on the chain
+    # The newest switches only (`HISTORY_KEPT`): the state is rewritten with every block, so a
+    # registry that kept all of them here got slower with every switch. The full record is the
+    # transition log, kept under its own key (`store.TRANSITION_LOG_KEY`).
     history: tuple[Transition, ...] = ()
+    transitions_total: int = 0  # every switch ever made here; new transition ids count on it
+    top_switch_height: int = 0  # the highest height a switch was made at: below it, ids may repeat
     rollback_active: bool = False
     seen_snapshots: tuple[str, ...] = ()  # only for snapshots applied without a stream sequence
     # The chain's last word: the height and version of the last snapshot with a height.
@@ -169,9 +175,13 @@ class Outcome:
     state: CoreState
     changes: tuple[VersionChanged, ...] = ()
     stepped_back: StepBack | None = None
+    made: tuple[Transition, ...] = ()  # the switches of `changes`, in full (the state keeps the newest)
 
 
 BLOCK_TIMES = 20  # blocks the recent block time is measured over
+# Switches kept in the state. A step back deeper than this many switches finds no rollback to
+# keep standing and follows the chain; ids stay unique through `transitions_total`.
+HISTORY_KEPT = 64
 
 
 def plan_transition_id(height: int, version: MLNodeVersion) -> str:
@@ -182,7 +192,20 @@ def apply(state: CoreState, command: Command, now: datetime, seq: int | None = N
     """The new state and the switches it made; `now` stamps new history entries only.
 
     `seq` is the CHAIN stream sequence of a chain command (None: unknown, taken as the newest).
+    The state keeps the newest `HISTORY_KEPT` switches; `made` has every switch of this command.
     """
+    outcome = _apply(state, command, now, seq)
+    if not outcome.changes:
+        return outcome
+    history = outcome.state.history
+    made = history[-len(outcome.changes) :]  # one history entry per change, in order
+    kept = outcome.state
+    if len(history) > HISTORY_KEPT:
+        kept = kept.model_copy(update={"history": history[-HISTORY_KEPT:]})
+    return Outcome(kept, outcome.changes, outcome.stepped_back, made)
+
+
+def _apply(state: CoreState, command: Command, now: datetime, seq: int | None) -> Outcome:
     if isinstance(command, BlockCommitted):
         stamp = None if command.time is None else command.time.timestamp()
         return _on_block(state, command.height, now, seq, stamp)
@@ -214,9 +237,22 @@ def _reseq(plans: tuple[HeldPlan, ...]) -> tuple[HeldPlan, ...]:
 # --- the rules ---------------------------------------------------------------------------------
 
 
-def _unique_id(state: CoreState, base: str) -> str:
-    """`base`, or `base:<n>` when a switch undone by a step back already used it."""
-    return base if not state.has_transition(base) else f"{base}:{len(state.history)}"
+def _unique_id(state: CoreState, base: str, height: int) -> str:
+    """`base`, or `base:<n>` when a switch undone by a step back already used it.
+
+    While the history holds every switch, it says; once older ones were trimmed, any switch at
+    or below the highest height switched at (after a step back deeper than the history) is.
+    """
+    trimmed = state.transitions_total > len(state.history)
+    if not state.has_transition(base) and not (trimmed and height <= _top_height(state)):
+        return base
+    return f"{base}:{max(state.transitions_total, len(state.history))}"
+
+
+def _top_height(state: CoreState) -> int:
+    """The highest height switched at; a switch below it follows a step back, and its plain id
+    may belong to a switch the trimmed history no longer holds."""
+    return max(state.top_switch_height, max((t.height for t in state.history), default=0))
 
 
 def _switch(
@@ -231,7 +267,7 @@ def _switch(
     note: str = "",
 ) -> tuple[CoreState, VersionChanged]:
     covered, height = height, max(height, 1)  # events need a positive height; coverage keeps the real one
-    transition_id = _unique_id(state, transition_id)
+    transition_id = _unique_id(state, transition_id, height)
     transition = Transition(
         transition_id=transition_id,
         previous=state.current,
@@ -254,7 +290,9 @@ def _switch(
             "current": version,
             "current_transition": transition_id,
             "current_height": covered,
-            "history": (*state.history, transition),
+            "history": (*state.history, transition),  # trimmed by `apply`, once per command
+            "transitions_total": max(state.transitions_total, len(state.history)) + 1,
+            "top_switch_height": max(_top_height(state), height),
             "rollback_active": reason == "rollback",
         }
     )

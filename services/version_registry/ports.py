@@ -7,10 +7,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from services.version_registry.store import StoredState
+from services.version_registry.store import StoredState, TransitionLog
 from shared.events import VersionChanged
 
-__all__ = ["ChangeLog", "StateDocument"]
+__all__ = ["ChangeLog", "StateDocument", "TransitionLogDocument"]
 
 
 class StateDocument(Protocol):
@@ -25,6 +25,14 @@ class StateDocument(Protocol):
     async def load(self) -> StoredState: ...
 
     async def mutate(self, fn: Callable[[StoredState], StoredState]) -> StoredState: ...
+
+
+class TransitionLogDocument(Protocol):
+    """The full record of switches, beside the state (`shared.kv_document.KvDocument`)."""
+
+    async def load(self) -> TransitionLog: ...
+
+    async def mutate(self, fn: Callable[[TransitionLog], TransitionLog]) -> TransitionLog: ...
 
 
 class ChangeLog(Protocol):

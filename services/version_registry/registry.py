@@ -11,15 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from pydantic import ValidationError
 
-from services.version_registry.core import Command, Outcome, Rollback, apply
+from services.version_registry.core import Command, CoreState, Outcome, Rollback, apply
 from services.version_registry.metrics import RegistryMetrics
-from services.version_registry.ports import ChangeLog, StateDocument
-from services.version_registry.store import Stored, StoredState
+from services.version_registry.ports import ChangeLog, StateDocument, TransitionLogDocument
+from services.version_registry.store import Stored, StoredState, TransitionLog
 from shared.bus import CHAIN_STREAM
 from shared.consumer import Delivery
 from shared.events import (
@@ -30,8 +30,9 @@ from shared.events import (
     UpgradeScheduled,
     VersionChanged,
 )
+from shared.kv_document import MemoryDocument
 from shared.logging import get_logger
-from shared.registry_api import HistoryReply, RegistryState, RollbackRequest
+from shared.registry_api import HistoryReply, RegistryState, RollbackRequest, Transition
 
 __all__ = ["RegistryService"]
 
@@ -53,8 +54,10 @@ class RegistryService:
         metrics: RegistryMetrics,
         latest: Stored,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        transitions: TransitionLogDocument | None = None,
     ) -> None:
         self.document = document
+        self.transitions: TransitionLogDocument = transitions or MemoryDocument(TransitionLog())
         self.changes = changes
         self.metrics = metrics
         self.clock = clock
@@ -79,34 +82,61 @@ class RegistryService:
 
     async def handle(self, event: Event, delivery: Delivery) -> None:
         """A consumed event: chain facts and the broker's refreshes are commands."""
-        if isinstance(event, BlockCommitted | UpgradeScheduled | ChainVersionObserved):
-            # The stream sequence orders chain facts; it survives redelivery.
-            await self.submit(event, seq=delivery.stream_seq if delivery.stream == CHAIN else None)
-        elif isinstance(event, BrokerRefreshed):
-            await self.submit(event)
+        await self.handle_batch([(event, delivery)])
+
+    async def handle_batch(self, items: Sequence[tuple[Event, Delivery]]) -> None:
+        """Consumed events in stream order, decided together and written once.
+
+        A registry catching up on thousands of queued blocks pays one state write per fetched
+        batch instead of one per block.
+        """
+        commands: list[tuple[Command, int | None]] = []
+        for event, delivery in items:
+            if isinstance(event, BlockCommitted | UpgradeScheduled | ChainVersionObserved):
+                # The stream sequence orders chain facts; it survives redelivery.
+                commands.append((event, delivery.stream_seq if delivery.stream == CHAIN else None))
+            elif isinstance(event, BrokerRefreshed):
+                commands.append((event, None))
+        if commands:
+            await self.submit_all(commands)
 
     async def submit(self, command: Command, seq: int | None = None) -> Stored:
         """Decide and persist one command; returns the stored state after it (outbox flushed).
 
         `seq` is a chain command's CHAIN stream sequence (None for rollbacks and broker events).
         """
+        return await self.submit_all([(command, seq)])
+
+    async def submit_all(self, commands: Sequence[tuple[Command, int | None]]) -> Stored:
+        """Decide the commands in order on the newest state and persist the result in one write."""
         async with self._lock:
             await self.document.load()  # decide on the newest state, not on the last one seen
-            written: list[Outcome] = []  # the outcome of the decision that was written, if any
+            written: list[Outcome] = []  # the outcomes of the decisions that were written
+            made: list[Transition] = []  # their switches, for the transition log (the state trims)
 
             def decide(current: StoredState) -> StoredState:
-                outcome = apply(current.core, command, self.clock(), seq)
-                if outcome.state == current.core:
+                written.clear()
+                made.clear()
+                core, outbox = current.core, current.outbox
+                now = self.clock()
+                for command, seq in commands:
+                    outcome = apply(core, command, now, seq)
+                    if outcome.changes or outcome.stepped_back is not None:
+                        written.append(outcome)
+                        made.extend(outcome.made)
+                    core = outcome.state
+                    outbox = (*outbox, *outcome.changes)
+                if core == current.core:
                     written.clear()
                     return current
-                written[:] = [outcome]
-                return StoredState(core=outcome.state, outbox=(*current.outbox, *outcome.changes))
+                return StoredState(core=core, outbox=outbox)
 
             stored = Stored(await self.document.mutate(decide), self.document.revision)
+            decided = tuple(change for outcome in written for change in outcome.changes)
             for outcome in written:
                 self._report_decided(outcome)
             if stored.state.outbox:
-                stored = await self._flush(stored)
+                stored = await self._flush(stored, decided, tuple(made))
             await self._set_latest(stored)
             return stored
 
@@ -143,11 +173,19 @@ class RegistryService:
             },
         )
 
-    async def _flush(self, stored: Stored) -> Stored:
-        """Publish what the outbox owes, then clear it (CAS); safe to run from two instances."""
+    async def _flush(
+        self, stored: Stored, decided: tuple[VersionChanged, ...] = (), made: tuple[Transition, ...] = ()
+    ) -> Stored:
+        """Publish what the outbox owes, then clear it (CAS); safe to run from two instances.
+
+        An outbox holding only the switches this call just `decided` cannot have been published
+        yet, so the stream is not asked for its last entry first (one round trip less between
+        the block and `version.changed`); a second publish would be a duplicate by its id anyway.
+        """
         while stored.state.outbox:
             published = stored.state.outbox
-            for change in await self._unpublished(published):
+            due = published if published == decided else await self._unpublished(published)
+            for change in due:
                 await self.changes.publish(change)
                 log.info(
                     "version.changed published",
@@ -159,6 +197,8 @@ class RegistryService:
                     },
                 )
 
+            await self._log_transitions(stored.state.core, published, made)
+
             def clear(current: StoredState, published: tuple[VersionChanged, ...] = published) -> StoredState:
                 if current.outbox != published:
                     raise _OutboxMoved
@@ -169,6 +209,28 @@ class RegistryService:
             except _OutboxMoved:
                 stored = await self._load()
         return stored
+
+    async def _log_transitions(
+        self, core: CoreState, published: tuple[VersionChanged, ...], made: tuple[Transition, ...]
+    ) -> None:
+        """The published switches into the transition log, before the outbox is cleared.
+
+        They are found among the switches this call `made` (more than the state keeps, in a long
+        catch-up) and the state's history (an outbox left by a crash). A crash before the clear
+        leaves the outbox, so the next start logs them, once (by id). The first write seeds the
+        log with the state's history, so a state from before the log keeps its switches in order.
+        """
+        known = {t.transition_id: t for t in (*core.history, *made)}
+        new = tuple(known[c.transition_id] for c in published if c.transition_id in known)
+        if not new:
+            return
+
+        def append(log: TransitionLog) -> TransitionLog:
+            return (
+                log.with_transitions(new) if log.transitions else log.with_transitions((*core.history, *new))
+            )
+
+        await self.transitions.mutate(append)
 
     async def _unpublished(self, outbox: tuple[VersionChanged, ...]) -> tuple[VersionChanged, ...]:
         """Outbox entries after the last one already on the stream (published in order, by us only)."""
@@ -207,7 +269,8 @@ class RegistryService:
 
     async def history(self, limit: int) -> HistoryReply:
         stored = await self._load()
-        return HistoryReply(transitions=stored.state.core.history[-limit:])
+        log = await self.transitions.load()
+        return HistoryReply(transitions=log.merged(stored.state.core.history)[-limit:])
 
     async def wait_for_change(self, revision: int, wait_s: float) -> Stored:
         """The latest state once its revision differs from `revision` (or after `wait_s`)."""

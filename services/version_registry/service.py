@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 import nats.js.errors
@@ -24,12 +25,20 @@ from services.version_registry.metrics import RegistryMetrics
 from services.version_registry.nats_api import serve_requests
 from services.version_registry.registry import RegistryService
 from services.version_registry.settings import RegistrySettings
-from services.version_registry.store import STATE_CODEC, STATE_KEY, Stored, StoredState
+from services.version_registry.store import (
+    STATE_CODEC,
+    STATE_KEY,
+    TRANSITION_LOG_CODEC,
+    TRANSITION_LOG_KEY,
+    Stored,
+    StoredState,
+    TransitionLog,
+)
 from shared.bus import VERSION_STREAM, Bus
 from shared.consumer import DurableConsumer
 from shared.events import VersionChanged
 from shared.http_serving import HttpServer
-from shared.kv_document import KvDocument
+from shared.kv_document import Codec, KvDocument
 from shared.kv_store import VersionedStore
 from shared.logging import get_logger
 from shared.ops_app import ReadinessCheck
@@ -41,6 +50,7 @@ MAX_CAS_ATTEMPTS = 100
 OUTBOX_PUBLISH_RETRY_S = 30.0
 
 log = get_logger(__name__)
+T = TypeVar("T")
 
 
 class StreamChangeLog:
@@ -77,6 +87,15 @@ async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
             await task
 
 
+def _document(
+    store: VersionedStore, key: str, codec: Codec[T], default: T, metrics: RegistryMetrics
+) -> KvDocument[T]:
+    """A registry document: compare-and-swap, each conflict counted."""
+    return KvDocument(
+        store, key, codec, default, max_attempts=MAX_CAS_ATTEMPTS, on_conflict=metrics.cas_conflicts_total.inc
+    )
+
+
 @asynccontextmanager
 async def build_registry(settings: RegistrySettings) -> AsyncIterator[RegistryApp]:
     metrics = RegistryMetrics(settings.service_name)
@@ -85,21 +104,21 @@ async def build_registry(settings: RegistrySettings) -> AsyncIterator[RegistryAp
             bus = await Bus.connect(settings.nats, settings.service_name, metrics, give_up_after_s=None)
             stack.push_async_callback(bus.close)
             kv = await bus.bind_bucket(settings.bucket)  # provisioned: `mlnode-upgrade nats provision`
-            document = KvDocument(
-                VersionedStore(kv),
-                STATE_KEY,
-                STATE_CODEC,
-                StoredState(),
-                max_attempts=MAX_CAS_ATTEMPTS,
-                on_conflict=metrics.cas_conflicts_total.inc,
-            )
+            store = VersionedStore(kv)
+            document = _document(store, STATE_KEY, STATE_CODEC, StoredState(), metrics)
+            transitions = _document(store, TRANSITION_LOG_KEY, TRANSITION_LOG_CODEC, TransitionLog(), metrics)
             loaded = Stored(await document.load(), document.revision)
-            service = RegistryService(document, StreamChangeLog(bus), metrics, loaded)
+            service = RegistryService(
+                document, StreamChangeLog(bus), metrics, loaded, transitions=transitions
+            )
             await service.resume()
 
             await serve_requests(bus.nc, service)
             specs = registry_consumers(settings.chain_durable, settings.broker_durable, settings.ack_wait_s)
-            tasks = [asyncio.create_task(DurableConsumer(bus, spec, service.handle).run()) for spec in specs]
+            tasks = [
+                asyncio.create_task(DurableConsumer(bus, spec, service.handle, service.handle_batch).run())
+                for spec in specs
+            ]
             tasks.append(asyncio.create_task(service.follow_other_writers()))
             stack.push_async_callback(_cancel_all, tasks)
 

@@ -57,6 +57,7 @@ class FakeMLNodes:
     pow_phase: dict[tuple[str, MLNodeVersion], str] = field(default_factory=dict)
     ups: list[tuple[str, MLNodeVersion, str, str | None]] = field(default_factory=list)
     started: list[tuple[str, MLNodeVersion, str, dict[str, object]]] = field(default_factory=list)
+    health_carries_state: bool = False  # the real /health has `service_state`; older fakes did not
 
     def running(self, node_id: str, version: MLNodeVersion) -> None:
         self.states[(node_id, version)] = "INFERENCE"
@@ -104,6 +105,9 @@ class FakeMLNodes:
         dtype: str | None = None,
     ) -> None:
         self._enter(node, version, "up")
+        if self.states[(node.id, version)] == "INFERENCE":  # as the real MLNode: no second load
+            url = f"http://{node.host}/{version}/up"
+            raise MLNodeCallError("POST", url, 409, '{"detail": "inference is already running"}')
         self._take_gpu(node, version, "up")
         self.states[(node.id, version)] = "INFERENCE"
         self.ups.append((node.id, version, model, dtype))
@@ -138,8 +142,10 @@ class FakeMLNodes:
         if self.states[(node.id, version)] != "INFERENCE":
             raise MLNodeCallError("GET", "v1/models", 503, "No vLLM backend available")
 
-    async def management_health(self, node: NodeConfig, version: MLNodeVersion) -> None:
+    async def management_health(self, node: NodeConfig, version: MLNodeVersion) -> str | None:
         self._enter(node, version, "mgmt_health")
+        # Without `service_state` in the answer the prober asks for the state separately.
+        return self.states[(node.id, version)] if self.health_carries_state else None
 
     def forget(self, node_id: str) -> None:
         self.forgotten.append(node_id)

@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 
 from services.version_registry.metrics import RegistryMetrics
 from services.version_registry.registry import RegistryService
-from services.version_registry.store import Stored, StoredState
+from services.version_registry.store import Stored, StoredState, TransitionLog
 from shared.events import VersionChanged
+from shared.kv_document import MemoryDocument
 from shared.kv_store import StaleRevisionError
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -19,7 +20,8 @@ NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 class FakeStateDocument:
     """The state's KV key, with `KvDocument`'s rules: on a conflict it counts, re-reads, decides again.
 
-    Each state in `other_writes` is written by another instance just before one of our writes.
+    Each state in `other_writes` is written by another instance just before one of our writes;
+    `crash_on_clears` writes that would clear the outbox raise instead (the process died there).
     """
 
     value: StoredState = field(default_factory=StoredState)
@@ -28,6 +30,7 @@ class FakeStateDocument:
     on_conflict: Callable[[], object] | None = None
     writes: list[StoredState] = field(default_factory=list)
     max_attempts: int = 100
+    crash_on_clears: int = 0
 
     async def load(self) -> StoredState:
         return self.value
@@ -37,6 +40,9 @@ class FakeStateDocument:
             new = fn(self.value)
             if new == self.value:
                 return new
+            if self.crash_on_clears and self.value.outbox and not new.outbox:
+                self.crash_on_clears -= 1
+                raise ConnectionError("crashed before the outbox was cleared")
             if self.other_writes:
                 self.value = self.other_writes.pop(0)
                 self.revision = (self.revision or 0) + 1
@@ -71,14 +77,23 @@ class RegistryRig:
     metrics: RegistryMetrics
 
 
-async def registry_rig(state: StoredState | None = None, changes: FakeChangeLog | None = None) -> RegistryRig:
+async def registry_rig(
+    state: StoredState | None = None,
+    changes: FakeChangeLog | None = None,
+    transitions: MemoryDocument[TransitionLog] | None = None,
+) -> RegistryRig:
     """A `RegistryService` over fakes, resumed, as the composition root hands it over."""
     metrics = RegistryMetrics("registry")
     document = FakeStateDocument(state or StoredState(), None if state is None else 1)
     document.on_conflict = metrics.cas_conflicts_total.inc
     log = changes or FakeChangeLog()
     service = RegistryService(
-        document, log, metrics, Stored(document.value, document.revision), clock=lambda: NOW
+        document,
+        log,
+        metrics,
+        Stored(document.value, document.revision),
+        clock=lambda: NOW,
+        transitions=transitions,
     )
     await service.resume()
     return RegistryRig(service, document, log, metrics)

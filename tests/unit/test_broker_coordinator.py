@@ -292,6 +292,23 @@ async def test_publish_failure_is_retried_by_reconcile() -> None:
     assert record is not None and record.refreshed_published
 
 
+async def test_a_readiness_probe_is_one_call_when_the_health_answer_carries_the_state() -> None:
+    h = await running_on_v6("a", "b")
+    h.registry.current = RegistryState(
+        current_version=V6, last_used_version=V6, pending=(PendingPlan(height=200, node_version=V8),)
+    )
+    h.mlnodes.health_carries_state = True
+    h.mlnodes.calls.clear()
+    report = await h.coordinator.probe_readiness()
+    assert report is not None and all(n.ready for n in report.nodes)
+    assert sorted(h.mlnodes.calls) == [("a", "mgmt_health", V8), ("b", "mgmt_health", V8)]
+
+    h.mlnodes.health_carries_state = False  # a health answer without it: the state is asked for
+    h.mlnodes.calls.clear()
+    await h.coordinator.probe_readiness()
+    assert sorted(c for c in h.mlnodes.calls if c[0] == "a") == [("a", "mgmt_health", V8), ("a", "state", V8)]
+
+
 async def test_readiness_reports_a_node_without_a_route_for_the_target_before_the_height() -> None:
     h = await running_on_v6("a", "b")
     h.mlnodes.missing_route.add(("b", V8))

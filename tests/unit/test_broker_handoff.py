@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 
 from services.broker import handoff as hf
 from tests.unit import handoff_script
+from tests.unit.broker_fakes import running_on_v6, switch
 from tests.unit.handoff_script import NEW, OLD, OTHER, POLICY, Responder
 
 MODEL = ("m", ("--x", "1"))
@@ -21,7 +23,10 @@ def run(respond: Responder, **options: Any) -> tuple[list[hf.Command], hf.Finish
 
 
 class HealthyNode:
-    """Old version answers and stops; the new one is stopped, comes up on inference/up, is healthy."""
+    """Old version answers and stops; the new one is stopped, comes up on inference/up, is healthy.
+
+    Like the real MLNode, inference/up on a target already in INFERENCE answers 409.
+    """
 
     def __init__(self) -> None:
         self.target_state = "STOPPED"
@@ -37,6 +42,8 @@ class HealthyNode:
             case hf.ReadState(version):
                 return hf.StateIs("STOPPED" if version == OLD else self.target_state)
             case hf.BringUp():
+                if self.target_state == "INFERENCE":
+                    return hf.Failed("409 inference is already running", 409)
                 self.target_state = "INFERENCE"
                 return hf.Ok()
             case _:
@@ -63,8 +70,7 @@ def test_full_handoff_drains_stops_confirms_then_brings_the_new_version_up() -> 
         hf.SendStop(OLD),
         hf.ReadState(OLD),
         hf.CheckWaiting(),
-        hf.ReadState(NEW),
-        hf.BringUp(NEW, "m", ("--x", "1")),
+        hf.BringUp(NEW, "m", ("--x", "1")),  # straight away: no state read of the target first
         hf.CheckHealth(NEW),
     ]
     assert finish.outcome.outcome == "ready" and finish.outcome.detail == ""
@@ -137,12 +143,18 @@ def test_several_old_versions_are_each_stopped_and_confirmed() -> None:
     assert finish.confirmed == (OLD, OTHER)
 
 
-def test_target_already_serving_is_not_brought_up_again() -> None:
-    """A handoff resumed after a crash finds the new version up: no second inference/up."""
+def test_target_already_serving_is_not_loaded_again() -> None:
+    """A handoff resumed after a crash finds the new version up: its inference/up answers 409,
+    the target's state says INFERENCE, and only its /v1/models is checked."""
     healthy_node.target_state = "INFERENCE"
     issued, finish = run(healthy_node)
-    assert not any(isinstance(c, hf.BringUp) for c in issued)
-    assert finish.outcome.outcome == "ready"
+    assert issued[4:] == [
+        hf.CheckWaiting(),
+        hf.BringUp(NEW, "m", ("--x", "1")),
+        hf.ReadState(NEW),
+        hf.CheckHealth(NEW),
+    ]
+    assert finish.outcome.outcome == "ready" and finish.outcome.detail == ""
 
 
 def test_bring_up_retries_after_reprobing_then_fails_with_the_reason() -> None:
@@ -152,9 +164,101 @@ def test_bring_up_retries_after_reprobing_then_fails_with_the_reason() -> None:
         return healthy_node(cmd)
 
     issued, finish = run(respond)
-    assert kinds(issued)[4:] == ["CheckWaiting", "ReadState", "BringUp", "Wait", "ReadState", "BringUp"]
+    assert kinds(issued)[4:] == ["CheckWaiting", "BringUp", "ReadState", "Wait", "BringUp"]
     assert finish.outcome.outcome == "failed" and not finish.serving
     assert "GPU is held" in finish.outcome.detail
+
+
+# --- inference/up without a state read first; a 409 reads the target at once --------------------
+
+
+async def test_a_switch_makes_five_mlnode_calls_on_the_node() -> None:
+    """state, stop, state of the old version; inference/up and /v1/models of the new one."""
+    h = await running_on_v6("node-1")
+    await switch(h)
+    assert h.mlnodes.calls == [
+        ("node-1", "state", OLD),
+        ("node-1", "stop", OLD),
+        ("node-1", "state", OLD),
+        ("node-1", "up", NEW),
+        ("node-1", "health", NEW),
+    ]
+    assert h.pool.slots["node-1"].ready and h.pool.slots["node-1"].version == NEW
+
+
+def test_inference_up_answered_409_reads_the_target_at_once_and_checks_its_health() -> None:
+    """A load under way or done already: no wait, no second inference/up, and no load time."""
+
+    def respond(cmd: hf.Command) -> hf.Observation:
+        match cmd:
+            case hf.BringUp():
+                return hf.Failed("409 inference is already running", 409)
+            case hf.ReadState(version) if version == NEW:
+                return hf.StateIs("INFERENCE")
+        return healthy_node(cmd)
+
+    issued, finish = run(respond)
+    assert issued[4:] == [
+        hf.CheckWaiting(),
+        hf.BringUp(NEW, "m", ("--x", "1")),
+        hf.ReadState(NEW),  # at once: no Wait before it
+        hf.CheckHealth(NEW),
+    ]
+    assert finish.outcome.outcome == "ready" and finish.outcome.detail == ""
+    assert finish.serving and finish.load_s is None  # this handoff did not time that load
+
+
+@pytest.mark.parametrize(
+    "found",
+    [hf.StateIs("STOPPED"), hf.StateIs("POW"), hf.Failed("no answer (ConnectError)")],
+    ids=["stopped", "pow", "unreadable"],
+)
+def test_409_then_a_target_not_serving_waits_the_backoff_then_brings_up_again(found: hf.Observation) -> None:
+    conflicts = [409, 409]
+
+    def respond(cmd: hf.Command) -> hf.Observation:
+        match cmd:
+            case hf.BringUp() if conflicts:
+                return hf.Failed("409 GPU is held by node-1@v3.0.6", conflicts.pop())
+            case hf.ReadState(version) if version == NEW:
+                return found
+        return healthy_node(cmd)
+
+    up = hf.BringUp(NEW, "m", ("--x", "1"))
+    issued, finish = run(respond, policy=replace(POLICY, up_attempts=3))
+    assert issued[4:] == [
+        hf.CheckWaiting(),
+        up,
+        hf.ReadState(NEW),
+        hf.Wait(1),  # up_backoff_s * failures
+        up,
+        hf.ReadState(NEW),
+        hf.Wait(2),
+        up,
+        hf.CheckHealth(NEW),
+    ]
+    assert finish.outcome.outcome == "ready" and finish.serving
+
+
+@pytest.mark.parametrize("status", [500, None], ids=["500", "no-answer"])
+@pytest.mark.parametrize("found", ["STOPPED", "INFERENCE"])
+def test_a_failure_other_than_409_waits_before_reading_the_target(status: int | None, found: str) -> None:
+    failures = [status]
+
+    def respond(cmd: hf.Command) -> hf.Observation:
+        match cmd:
+            case hf.BringUp() if failures:
+                return hf.Failed(f"inference/up: {failures.pop()}", status)
+            case hf.ReadState(version) if version == NEW:
+                return hf.StateIs(found)
+        return healthy_node(cmd)
+
+    up = hf.BringUp(NEW, "m", ("--x", "1"))
+    issued, finish = run(respond)
+    # INFERENCE: the load went through despite the failed answer, so only its health is checked.
+    again = [hf.CheckHealth(NEW)] if found == "INFERENCE" else [up, hf.CheckHealth(NEW)]
+    assert issued[4:] == [hf.CheckWaiting(), up, hf.Wait(1), hf.ReadState(NEW), *again]
+    assert finish.outcome.outcome == "ready" and finish.serving
 
 
 def test_health_is_awaited_until_the_timeout() -> None:
@@ -203,9 +307,17 @@ def test_stop_only_handoff_for_a_pending_stop() -> None:
 
 
 def test_bring_up_only_for_a_node_with_nothing_to_stop() -> None:
+    # Nothing was stopped (upkeep, a new node): the target may serve already, so it is read first.
     issued, finish = run(healthy_node, stop=())
     assert kinds(issued) == ["CheckWaiting", "ReadState", "BringUp", "CheckHealth"]
     assert finish.outcome.outcome == "ready"
+
+
+def test_upkeep_of_a_node_that_serves_sends_no_inference_up() -> None:
+    healthy_node.target_state = "INFERENCE"
+    issued, finish = run(healthy_node, stop=())
+    assert kinds(issued) == ["CheckWaiting", "ReadState", "CheckHealth"]
+    assert finish.outcome.outcome == "ready" and finish.load_s is None
 
 
 def test_node_without_a_model_fails_clearly() -> None:
@@ -234,10 +346,11 @@ _ANSWERS = st.sampled_from(["ok", "500", "404", "none", "running"])
 @given(
     stop_answers=st.lists(_ANSWERS, max_size=12),
     up_fails=st.integers(min_value=0, max_value=3),
+    up_conflict=st.booleans(),
     health_fails=st.integers(min_value=0, max_value=20),
 )
 def test_any_sequence_of_answers_terminates_and_never_stops_the_target(
-    stop_answers: list[str], up_fails: int, health_fails: int
+    stop_answers: list[str], up_fails: int, up_conflict: bool, health_fails: int
 ) -> None:
     answers = list(stop_answers)
     counters = {"up": up_fails, "health": health_fails}
@@ -263,7 +376,7 @@ def test_any_sequence_of_answers_terminates_and_never_stops_the_target(
                 key = "up" if isinstance(cmd, hf.BringUp) else "health"
                 if counters[key]:
                     counters[key] -= 1
-                    return hf.Failed("not yet")
+                    return hf.Failed("not yet", 409 if up_conflict and key == "up" else None)
                 return hf.Ok()
         raise AssertionError(cmd)
 

@@ -8,7 +8,14 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from services.broker.mlnode_client import ClientBook, ClientTimeouts, HttpGateway, MLNodeCallError
+from services.broker.mlnode_client import (
+    ClientBook,
+    ClientTimeouts,
+    HttpGateway,
+    HttpxCalls,
+    MLNodeCallError,
+    WireCalls,
+)
 from tests.unit.broker_fakes import MODEL, V8, node
 
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -115,15 +122,25 @@ async def test_client_is_rebuilt_when_the_admin_changes_the_address() -> None:
     b = book(answering(200, {}))
     first = b.get(node("a"), V8)
     assert b.get(node("a"), V8) is first
-    assert b.get(node("a"), None).http is first.http  # the versions of a node share its pool
-    assert b.get(node("b"), V8).http is not first.http  # each node has its own
+    assert b.get(node("a"), None).calls is first.calls  # the versions of a node share its pool
+    assert b.get(node("b"), V8).calls is not first.calls  # each node has its own
     moved = b.get(node("a", host="elsewhere"), V8)
     assert moved is not first and moved.poc_url == "http://elsewhere:8080/v3.0.8"
     await b.aclose()
-    assert first.http.is_closed and moved.http.is_closed
+    assert isinstance(first.calls, HttpxCalls) and isinstance(moved.calls, HttpxCalls)
+    assert first.calls.http.is_closed and moved.calls.http.is_closed
 
 
 def test_a_nodes_pool_is_sized_from_its_max_concurrent() -> None:
     client = ClientBook(ClientTimeouts()).get(node("a", max_concurrent=3), V8)  # connects nothing yet
-    pool = client.http._transport._pool  # type: ignore[attr-defined]
-    assert pool._max_connections == 3 + ClientBook.MANAGEMENT_HEADROOM
+    assert isinstance(client.calls, WireCalls)
+    assert client.calls.size == 3 + ClientBook.MANAGEMENT_HEADROOM
+
+
+async def test_management_health_returns_the_state_its_answer_carries() -> None:
+    # The real HealthResponse has `service_state`: a readiness probe needs no second call.
+    answer = {"status": "healthy", "service_state": "STOPPED", "gpu": {"available": True}}
+    assert await book(answering(200, answer)).get(node("a"), V8).management_health() == "STOPPED"
+    assert await book(answering(200, {"status": "healthy"})).get(node("a"), V8).management_health() is None
+    plain: Handler = lambda request: httpx.Response(200, text="ok")  # noqa: E731
+    assert await book(plain).get(node("a"), V8).management_health() is None

@@ -156,7 +156,28 @@ async def test_a_restarted_broker_keeps_its_staged_nodes_staged() -> None:
     assert mlnodes.states[("a", V6)] == "STOPPED" and mlnodes.states[("a", V8)] == "INFERENCE"
     await staging_round(again)
     assert again_pool.slots["a"].phase is SlotPhase.STAGED and not again_pool.slots["a"].ready
-    assert again_pool.slots["b"].ready and mlnodes.of("up", V8, "a") == 1  # not loaded twice
+    assert again_pool.slots["b"].ready
+    # Not loaded twice: the restaged handoff's inference/up is answered 409, the target is found
+    # INFERENCE and only its /v1/models is checked.
+    assert [up[:2] for up in mlnodes.ups].count(("a", V8)) == 1
+    on_a = [call for call in mlnodes.calls if call[0] == "a"]
+    assert on_a[-3:] == [("a", "up", V8), ("a", "state", V8), ("a", "health", V8)]
+
+
+async def test_a_restarted_broker_holds_its_staging_while_the_first_check_of_a_node_runs() -> None:
+    # The restarted broker's first staging round may come before upkeep has judged every node;
+    # a node whose check is under way shows the check's steps, not STARTING. Judging the plan
+    # then would count b as not serving and hand a back (a stop sent to the staged version).
+    c, mlnodes, registry, _pool = await fleet("a", "b")
+    registry.current = state_at(97, plan=PendingPlan(height=HEIGHT, node_version=V8))
+    await staging_round(c)
+    again, again_pool = build(c.store, mlnodes, registry)
+    await again.start(())
+    again_pool.adopt_current(V6)  # known at start, as the real broker knows it from its record
+    again_pool.note_phase("b", SlotPhase.PROBE)  # b's first check is running
+    await staging_round(again)
+    assert again.stager.staged is not None and again.stager.staged.nodes == ("a",)
+    assert mlnodes.of("stop", V8) == 0 and mlnodes.states[("a", V8)] == "INFERENCE"
 
 
 async def test_the_api_nodes_call_releases_a_staged_node_and_it_is_not_staged_again_for_the_plan() -> None:

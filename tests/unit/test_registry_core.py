@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from services.version_registry.core import (
     BLOCK_TIMES,
+    HISTORY_KEPT,
     MAX_SETTLED,
     Command,
     CoreState,
@@ -648,3 +649,80 @@ def test_the_block_time_window_is_bounded_and_forgets_blocks_a_snapshot_took_bac
     top = state.last_height
     state, _ = run([snap(V6, top - 5)], state)  # the registry was ahead: those blocks never were
     assert all(h <= top - 5 for h, _ in state.block_times)
+
+
+# --- a bounded history (HISTORY_KEPT) with every switch counted (transitions_total) --------------
+
+
+def alternating(state: CoreState, count: int, first: int = 100) -> tuple[CoreState, list[VersionChanged]]:
+    """`count` switches: plans alternating v3.0.8 and v3.0.6 at `first`, `first + 1`, ..., on their blocks."""
+    changes: list[VersionChanged] = []
+    for i in range(count):
+        state, made = run([plan(first + i, V8 if i % 2 == 0 else V6), block(first + i)], state)
+        assert len(made) == 1
+        changes += made
+    return state, changes
+
+
+def test_the_history_keeps_the_newest_switches_and_counts_them_all() -> None:
+    start = synced()  # the first snapshot is a switch too: sync-90-v3.0.6
+    assert start.transitions_total == 1 and len(start.history) == 1
+    state, changes = alternating(start, 100)
+    assert len(state.history) == HISTORY_KEPT
+    assert state.transitions_total == 101  # the sync and the 100 plans
+    assert [t.transition_id for t in state.history] == [c.transition_id for c in changes][-HISTORY_KEPT:]
+    assert state.history[0].transition_id == f"{100 + 100 - HISTORY_KEPT}-v3.0.8"
+    assert state.history[-1].transition_id == "199-v3.0.6" and state.history[-1].current == state.current
+    assert StoredState(core=state).model_dump_json()  # and it persists
+
+
+def test_an_id_reused_after_a_step_back_is_suffixed_with_the_count_once_the_history_is_trimmed() -> None:
+    state, changes = alternating(synced(), 100)
+    outcome, _ = step(state, snap(V8, 198))  # the chain never had block 199: its plan comes back
+    assert outcome.stepped_back is not None
+    # Below the highest height switched at, with older switches trimmed away: suffixed.
+    assert [c.transition_id for c in outcome.changes] == ["sync-198-v3.0.8:101"]
+    state, again = run([block(199)], outcome.state)
+    # len(history) stays at HISTORY_KEPT; the suffix counts every switch, so it is new.
+    assert [c.transition_id for c in again] == ["199-v3.0.6:102"]
+    assert state.transitions_total == 103 and len(state.history) == HISTORY_KEPT
+    ids = [c.transition_id for c in (*changes, *outcome.changes, *again)]
+    assert len(ids) == len(set(ids))
+    # Step back and replay once more: the next suffix is new again (not a second ":64").
+    outcome, _ = step(state, snap(V8, 198))
+    state, third = run([block(199)], outcome.state)
+    assert [c.transition_id for c in (*outcome.changes, *third)] == ["sync-198-v3.0.8:103", "199-v3.0.6:104"]
+    ids += [c.transition_id for c in (*outcome.changes, *third)]
+    assert len(ids) == len(set(ids)) and state.transitions_total == 105
+
+
+def test_ids_stay_unique_after_a_step_back_deeper_than_the_kept_history() -> None:
+    state, changes = alternating(synced(), 100)
+    outcome, _ = step(state, snap(V8, 120))  # undoes the 79 switches at 121..199
+    assert outcome.stepped_back is not None
+    state, again = run(blocks(121, 199), outcome.state)
+    assert len(again) == 79 and state.current == V6
+    ids = [c.transition_id for c in (*changes, *outcome.changes, *again)]
+    assert len(ids) == len(set(ids)), sorted({i for i in ids if ids.count(i) > 1})[:5]
+
+
+def test_a_state_written_before_the_count_existed_still_gets_unique_ids() -> None:
+    state = run([plan(100, V8), block(100), plan(101, V9), block(101)], synced())[0]
+    state = run([snap(V8, 100)], state)[0]  # block 101 undone: plan 101 pending again
+    assert [t.transition_id for t in state.history] == [
+        "sync-90-v3.0.6",
+        "100-v3.0.8",
+        "101-v3.0.9",
+        "sync-100-v3.0.8",
+    ]
+    # As written before `transitions_total`: the field is absent and reads as 0.
+    dumped = StoredState(core=state).model_dump(mode="json")
+    del dumped["core"]["transitions_total"]
+    old = StoredState.model_validate(dumped).core
+    assert old.transitions_total == 0 and old.history == state.history
+    new, changes = run([block(101)], old)
+    (reused,) = [c.transition_id for c in changes]
+    base, _, suffix = reused.partition(":")
+    assert base == "101-v3.0.9" and int(suffix) >= len(old.history)
+    ids = [t.transition_id for t in new.history]
+    assert len(ids) == len(set(ids)) and new.transitions_total == len(new.history) == 5
