@@ -92,11 +92,56 @@ def status(
     broker_url: str | None = BROKER,
     rpc_url: str | None = RPC,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output"),
+    watch: bool = typer.Option(False, "--watch", "-w", help="A live view, redrawn in place (Ctrl-C ends)"),
+    until_done: bool = typer.Option(
+        False, "--until-done", help="With --watch: end when the switch is over; exit 1 if a node failed"
+    ),
+    interval_s: float = typer.Option(
+        0.5, "--interval", min=0.1, help="With --watch: seconds between redraws"
+    ),
+    timeout_s: float | None = typer.Option(
+        None, "--timeout", min=1.0, help="With --until-done: give up after this many seconds (exit 3)"
+    ),
 ) -> None:
-    """Current and last-used versions, pending plans with blocks and time left, per-node readiness."""
+    """Current and last-used versions, pending plans with blocks and time left, per-node readiness.
+
+    With --watch: chain height and the countdown to each plan, readiness per node before the
+    height, each node's phase and how long it has been in it, requests held and served per
+    version, pending stops, and the switch's result, from the broker's /upgrade/live.
+    """
+    if until_done and not watch:
+        typer.echo("error: --until-done needs --watch", err=True)
+        raise typer.Exit(2)
+    if watch:
+        from cli.watch import watch as run_watch
+
+        endpoints = _endpoints(run_dir, "-", broker_url, "-", None)
+        raise typer.Exit(
+            run_watch(endpoints, Console(), until_done=until_done, interval_s=interval_s, timeout_s=timeout_s)
+        )
     endpoints = _endpoints(run_dir, registry_url, broker_url, rpc_url, None)
     try:
         show_status(endpoints, Console(), as_json=as_json)
+    except OpsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command("history")
+def history(
+    run_dir: Path = RUN_DIR,
+    registry_url: str | None = REGISTRY,
+    broker_url: str | None = BROKER,
+    limit: int = typer.Option(20, "--limit", min=1, max=10_000, help="How many switches, newest first"),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output"),
+) -> None:
+    """The switches: height, reason (plan, sync, rollback), actor, how long the handover took, and
+    what each node's stop needed."""
+    from cli.history import show_history
+
+    endpoints = _endpoints(run_dir, registry_url, broker_url, "-", None)
+    try:
+        show_history(endpoints, Console(), limit, as_json)
     except OpsError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -234,6 +279,96 @@ def events_docs(
         return
     for path in write_docs(out):
         typer.echo(f"wrote {path}")
+
+
+BUS_URL = typer.Option(None, "--url", help="NATS URL(s) (default: the local stack's, from stack.json)")
+BUS_USER = typer.Option(
+    None,
+    "--user",
+    help="NATS user (default admin, the operator's: every subject, the only one that may subscribe). "
+    "A service's user may publish only its own: chain-watcher chain.>, registry version.>, broker broker.>",
+)
+BUS_PASSWORD_FILE = typer.Option(
+    None, "--password-file", help="The user's password file (default: the stack's secrets/<user>.password)"
+)
+
+
+@events_app.command("pub")
+def events_pub(
+    subject: str = typer.Argument(..., metavar="SUBJECT", help="The event's subject, e.g. chain.block"),
+    payload: str = typer.Argument(..., metavar="JSON", help="The payload, @file.json, or - for stdin"),
+    run_dir: Path = RUN_DIR,
+    url: str | None = BUS_URL,
+    user: str | None = BUS_USER,
+    password_file: Path | None = BUS_PASSWORD_FILE,
+    timeout_s: float = typer.Option(5.0, "--timeout", help="Seconds to wait for NATS and the stream's ack"),
+) -> None:
+    """Check an event as the services do, then publish it to its stream.
+
+    It goes out as the services send it (same JSON, same Nats-Msg-Id).
+    An unknown subject or an invalid payload exits 2, nothing sent;
+    a refusal by the server (permissions, no stream, no ack) exits 1.
+    """
+    from cli.bus_cli import BusCliError, run_pub
+
+    stdin = typer.get_binary_stream("stdin")
+    try:
+        line = run_pub(
+            subject,
+            payload,
+            stdin,
+            run_dir,
+            url=url,
+            user=user,
+            password_file=password_file,
+            timeout_s=timeout_s,
+        )
+    except BusCliError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    typer.echo(line)
+
+
+@events_app.command("sub")
+def events_sub(
+    subject: str = typer.Argument(
+        ..., metavar="SUBJECT", help="A subject, wildcards allowed: chain.>, broker.*"
+    ),
+    count: int | None = typer.Option(None, "--count", help="Stop after N messages"),
+    timeout_s: float | None = typer.Option(
+        None, "--timeout", help="Stop after S seconds (exit 1 if --count messages did not come)"
+    ),
+    from_start: bool = typer.Option(
+        False, "--from-start", help="Read the stream from its first message (one stream's subjects only)"
+    ),
+    run_dir: Path = RUN_DIR,
+    url: str | None = BUS_URL,
+    user: str | None = BUS_USER,
+    password_file: Path | None = BUS_PASSWORD_FILE,
+) -> None:
+    """Print each message on SUBJECT as one JSON line, until Ctrl-C.
+
+    A line has subject, stream, stream_seq, msg_id and payload. Without
+    --from-start it shows what is published from now on (no stream_seq).
+    """
+    from cli.bus_cli import BusCliError, run_sub
+
+    try:
+        run_sub(
+            subject,
+            run_dir,
+            emit=typer.echo,
+            ready=lambda line: typer.echo(line, err=True),
+            count=count,
+            timeout_s=timeout_s,
+            from_start=from_start,
+            url=url,
+            user=user,
+            password_file=password_file,
+        )
+    except BusCliError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
 
 
 @nats_app.command("provision")

@@ -8,6 +8,7 @@ broker's, segment `/nodes/{id}`), so its calls always go to the node's current v
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import threading
 from pathlib import Path
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit
 from rich.console import Console
 from rich.table import Table
 
+from cli.nats_contexts import context_dir, ready_lines
 from cli.stack import LocalStack, StackConfig, StackInfo
 from cli.supervisor import ChildExit, SupervisorError
 from devtools.stack_env import proxy_node_configs
@@ -69,6 +71,7 @@ def _table(info: StackInfo, api_node_config: Path) -> Table:
     table.add_row("version-registry", f"{info.registry_url}  (gRPC {info.registry_grpc_address})")
     table.add_row("chain-watcher", info.chain_watcher_url)
     table.add_row("broker", info.broker_url)
+    table.add_row("status page (live view)", f"{info.broker_url}/  (or: mlnode-upgrade status --watch)")
     for node, url in info.proxies.items():
         versions = ", ".join(f"{v} {u}" for v, u in info.mlnodes[node].items())
         table.add_row(f"{node} (nginx)", f"{url}  [{versions}]")
@@ -76,6 +79,14 @@ def _table(info: StackInfo, api_node_config: Path) -> Table:
     table.add_row("API node's node config", str(api_node_config))
     table.add_row("secrets", info.secrets_dir)
     return table
+
+
+def _print_bus_lines(console: Console, run_dir: Path) -> None:
+    """How to reach the bus: the NATS CLI with the contexts the stack wrote, or `events pub|sub`."""
+    option = "" if run_dir == Path("var/dev") else f"--run-dir {shlex.quote(str(run_dir))}"  # app's default
+    console.print(f"the bus (NATS CLI contexts in {context_dir(run_dir)}, one per user):")
+    for line in ready_lines(str(run_dir), option):
+        console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
 
 
 def dev_up(config: StackConfig) -> int:
@@ -112,6 +123,7 @@ def dev_up(config: StackConfig) -> int:
             f"propose an upgrade: mlnode-upgrade propose --submit {info.chain_rpc_url} "
             f"--height <H> --node-version {info.new_version} --deposit 1ngonka"
         )
+        _print_bus_lines(console, config.run_dir)
         console.print("status: mlnode-upgrade status    stop: Ctrl-C")
         while not stop.wait(0.5):
             stack.check()

@@ -19,7 +19,16 @@ from cli.stack import StackInfo
 from shared.chain_status import parse_status_reply
 from shared.timestamps import rfc3339
 
-__all__ = ["Endpoints", "OpsError", "add_node", "list_nodes", "remove_node", "rollback", "show_status"]
+__all__ = [
+    "Endpoints",
+    "OpsError",
+    "add_node",
+    "get_json",
+    "list_nodes",
+    "remove_node",
+    "rollback",
+    "show_status",
+]
 
 
 class OpsError(RuntimeError):
@@ -60,7 +69,7 @@ class Endpoints:
         return {"authorization": f"Bearer {self.token}"} if self.token else {}
 
 
-def _get(url: str) -> Any:
+def get_json(url: str) -> Any:
     try:
         response = httpx.get(url, timeout=5.0)
     except httpx.HTTPError as exc:
@@ -75,8 +84,8 @@ def _block_time_s(rpc_url: str, height: int, span: int = 10) -> float | None:
     if height <= span:
         return None
     try:
-        new = _get(f"{rpc_url}/block?height={height}")["result"]["block"]["header"]["time"]
-        old = _get(f"{rpc_url}/block?height={height - span}")["result"]["block"]["header"]["time"]
+        new = get_json(f"{rpc_url}/block?height={height}")["result"]["block"]["header"]["time"]
+        old = get_json(f"{rpc_url}/block?height={height - span}")["result"]["block"]["header"]["time"]
     except (OpsError, KeyError, TypeError):
         return None
 
@@ -84,10 +93,10 @@ def _block_time_s(rpc_url: str, height: int, span: int = 10) -> float | None:
 
 
 def show_status(endpoints: Endpoints, console: Console, as_json: bool = False) -> dict[str, Any]:
-    registry = _get(f"{endpoints.registry_url}/state")
-    height = parse_status_reply(_get(f"{endpoints.rpc_url}/status")).height
-    broker = _get(f"{endpoints.broker_url}/upgrade/status")
-    readiness = _get(f"{endpoints.broker_url}/upgrade/readiness")
+    registry = get_json(f"{endpoints.registry_url}/state")
+    height = parse_status_reply(get_json(f"{endpoints.rpc_url}/status")).height
+    broker = get_json(f"{endpoints.broker_url}/upgrade/status")
+    readiness = get_json(f"{endpoints.broker_url}/upgrade/readiness")
     block_time = _block_time_s(endpoints.rpc_url, height)
     pending = [
         {
@@ -149,7 +158,7 @@ def show_status(endpoints: Endpoints, console: Console, as_json: bool = False) -
 
 
 def list_nodes(endpoints: Endpoints) -> list[dict[str, Any]]:
-    nodes: list[dict[str, Any]] = _get(f"{endpoints.broker_url}/admin/v1/nodes")
+    nodes: list[dict[str, Any]] = get_json(f"{endpoints.broker_url}/admin/v1/nodes")
     return nodes
 
 

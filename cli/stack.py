@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from cli.nats_contexts import write_contexts
 from cli.stack_nats import start_nats, write_secrets
 from cli.supervisor import ChildExit, ProcessSpec, Supervisor
 from devtools.embedded_nats import free_port
@@ -162,6 +163,7 @@ class LocalStack:
             block_time_s=cfg.block_time_s,
             secrets_dir=str(self._secrets_dir),
         )
+        write_contexts(self.run_dir, nats_url, self._secrets_dir)  # `XDG_CONFIG_HOME=<run dir> nats ...`
         (self.run_dir / STACK_FILE).write_text(json.dumps(asdict(self.info), indent=2))
         return self.info
 

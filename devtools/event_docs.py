@@ -13,6 +13,8 @@ from typing import Any
 from devtools.generated_files import stale_files, write_files
 from shared.bus import ALL_STREAMS
 from shared.events import EVENT_TYPES, Event, RejectedMessage
+from shared.nats_config import ADMIN_USER
+from shared.subjects import publisher_of
 
 HEADER = """\
 # Events
@@ -27,7 +29,22 @@ changes nothing.
 
 Publishers set `Nats-Msg-Id` to the id shown for each event, so JetStream stores a re-publication
 within the duplicate window once; consumers are idempotent anyway. Messages typed by hand with
-`nats pub` carry no id and are accepted the same way.
+`nats pub` carry no id and are accepted the same way; `mlnode-upgrade events pub` sets the id the
+publisher would.
+
+Each example is given twice. `mlnode-upgrade events pub` with the subject and the JSON (or
+`@file.json`, or `-` for stdin) checks the payload exactly as the consumers do and publishes
+nothing when it is invalid (exit 2); it connects to the local stack (`stack.json` under
+`--run-dir`, default `var/dev`) as `admin`, the operator's user. The `nats` line is for the
+[NATS CLI](https://github.com/nats-io/natscli), which needs a user and a password: each line names
+the one it needs with `--context mlnode-<user>`, the publisher's own user (allowed its own
+subjects only) or `mlnode-admin` (every subject, the only user that may subscribe).
+`mlnode-upgrade dev up` writes these contexts under its run directory, so point the CLI there
+first: `export XDG_CONFIG_HOME=var/dev`. Elsewhere, create contexts of the same names:
+
+```sh
+nats context add mlnode-chain-watcher --server nats://host:4222 --user chain-watcher --password "$PASSWORD"
+```
 
 Versions are an optional `v` and a semantic version (`v3.0.8`, `v3.1.0-rc1`, `3.0.9`), at most
 64 characters, kept verbatim: they become URL path segments (`/v3.0.8/api/v1/state`).
@@ -52,6 +69,22 @@ def _stream_of(subject: str) -> str:
             if subject.startswith(pattern.removesuffix(">")):
                 return spec.name
     raise LookupError(f"no stream captures {subject}")
+
+
+def nats_user_of(subject: str) -> str:
+    """The NATS user that may publish `subject`: its publisher's, by the grants the server enforces."""
+    user = publisher_of(subject)
+    if user is None:
+        raise LookupError(f"no NATS user publishes {subject}")
+    return user
+
+
+def try_it_lines(subject: str, example: str) -> list[str]:
+    """The NATS CLI line with the context of the user it needs, and the same without the CLI."""
+    return [
+        f"nats --context mlnode-{nats_user_of(subject)} pub {subject} '{example}'",
+        f"mlnode-upgrade events pub {subject} '{example}'",
+    ]
 
 
 def schema_filename(subject: str) -> str:
@@ -110,12 +143,15 @@ def render_markdown() -> str:
         subject = cls.SUBJECT
         schema = json_schema(cls, subject)
         lines += ["", f"## `{subject}`", "", (cls.__doc__ or "").strip(), ""]
-        lines.append(f"Published by **{cls.PUBLISHER}** to stream `{_stream_of(subject)}`.")
+        lines.append(
+            f"Published by **{cls.PUBLISHER}** (NATS user `{nats_user_of(subject)}`)"
+            f" to stream `{_stream_of(subject)}`."
+        )
         lines += ["", *_fields_table(schema), ""]
         for name, sub in schema.get("$defs", {}).items():
             lines += [f"`{name}`:", "", *_fields_table(sub), ""]
         lines += ["Try it:", "", "```sh"]
-        lines += [f"nats pub {subject} '{example}'" for example in cls.EXAMPLES]
+        lines += [line for example in cls.EXAMPLES for line in try_it_lines(subject, example)]
         lines += ["```"]
     rejected = json_schema(RejectedMessage, "errors")
     lines += [
@@ -123,7 +159,9 @@ def render_markdown() -> str:
         "## `errors.<service>`",
         "",
         (RejectedMessage.__doc__ or "").strip(),
-        "Watch them with `nats sub 'errors.>'` or read the `ERRORS` stream.",
+        f"Watch them with `nats --context mlnode-{ADMIN_USER} sub 'errors.>'` or"
+        " `mlnode-upgrade events sub 'errors.>'`, or read the `ERRORS` stream"
+        " (`mlnode-upgrade events sub 'errors.>' --from-start`).",
         "",
         *_fields_table(rejected),
         "",

@@ -215,6 +215,20 @@ async def broker_refreshed(bus: Bus) -> list[dict[str, Any]]:
     return found
 
 
+async def refreshed_for(bus: Bus, version: str, within: float = 10.0) -> dict[str, Any]:
+    """The one `broker.refreshed` for `version`, waited for: it follows the last outcome's KV write
+    (at most `RECORD_WRITE_INTERVAL_S` later), so it can come after the nodes show ready."""
+    found: list[dict[str, Any]] = []
+
+    async def published() -> bool:
+        found[:] = [r for r in await broker_refreshed(bus) if r["version"] == version]
+        return bool(found)
+
+    await eventually(published, timeout=within, interval=0.05, message=f"broker.refreshed for {version}")
+    assert len(found) == 1, found
+    return found[0]
+
+
 @contextmanager
 def running(*procs: ServiceProcess) -> Iterator[None]:
     try:

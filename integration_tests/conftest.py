@@ -15,8 +15,10 @@ if TYPE_CHECKING:
 from cli.provision import run_provision
 from devtools.embedded_nats import EmbeddedNats
 from integration_tests.backends import BACKEND, ContainerNats, docker_engine_problem, require_engine
+from integration_tests.nats_security import Credentials
 from shared.bus import Bus
-from shared.provisioning import Topology
+from shared.nats_config import render_server_config
+from shared.provisioning import Topology, provision
 from shared.settings import NatsSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -84,3 +86,40 @@ async def bus(nats_settings: NatsSettings) -> AsyncIterator[Bus]:
     connected = await Bus.connect(nats_settings, "it")
     yield connected
     await connected.close()
+
+
+# -- a NATS server with the real users and passwords (shared/nats_config.py) --------------------
+
+
+@pytest.fixture
+def creds(tmp_path: Path) -> Credentials:
+    return Credentials.generate(tmp_path / "secrets")
+
+
+@pytest.fixture
+def secured_nats(tmp_path: Path, creds: Credentials) -> Iterator[EmbeddedNats]:
+    server = EmbeddedNats(
+        tmp_path / "nats",
+        config=lambda s: render_server_config(
+            server_name=s.name,
+            host=s.host,
+            port=s.port,
+            http_port=s.monitor_port,
+            store_dir=s.data_dir / "jetstream",
+            users=creds.users,
+        ),
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def admin(secured_nats: EmbeddedNats, creds: Credentials) -> AsyncIterator[Bus]:
+    """The streams provisioned as `dev up` does, and the operator's connection to inspect them."""
+    provisioner = await Bus.connect(creds.settings(secured_nats.url, "provisioner"), "provisioner")
+    await provision(provisioner)
+    await provisioner.close()
+    bus = await Bus.connect(creds.settings(secured_nats.url, "admin"), "admin")
+    yield bus
+    await bus.close()

@@ -26,6 +26,7 @@ from integration_tests.broker_stack import (
     broker_refreshed,
     chain_start,
     chain_switch,
+    refreshed_for,
 )
 from integration_tests.support import eventually
 from shared.bus import Bus
@@ -101,9 +102,8 @@ async def test_at_the_switch_the_old_version_gets_one_stop_and_the_new_one_the_g
         # The stop happened before the new version was asked to load (the GPU was free for it).
         assert stops[0]["ts"] <= ups[0]["ts"]
 
-        refreshed = [r for r in await broker_refreshed(bus) if r["version"] == NEW]
-        assert len(refreshed) == 1
-        assert refreshed[0]["previous"] == OLD and refreshed[0]["nodes"][0]["outcome"] == "ready"
+        refreshed = await refreshed_for(bus, NEW)
+        assert refreshed["previous"] == OLD and refreshed["nodes"][0]["outcome"] == "ready"
 
         # Every log line about the switch names the event, version, transition, height and node.
         switch_lines = [
@@ -134,7 +134,7 @@ async def test_stop_failing_with_500_twice_is_retried_and_confirmed(
         states = stack.requests(OLD, route="/api/v1/state", method="GET")
         assert states and states[-1]["ts"] > stops[-1]["ts"]  # confirmed by reading the state after
         assert stack.states(OLD) == {"node-0": "STOPPED"}
-        (refreshed,) = [r for r in await broker_refreshed(bus) if r["version"] == NEW]
+        refreshed = await refreshed_for(bus, NEW)
         assert refreshed["nodes"][0]["outcome"] == "ready"
     finally:
         broker.stop()
@@ -151,7 +151,7 @@ async def test_unreachable_old_version_is_reported_and_stopped_once_it_comes_bac
 
         await chain_switch(bus, height=20, version=NEW)
         await serving(broker, NEW)  # did not block the switch
-        (refreshed,) = [r for r in await broker_refreshed(bus) if r["version"] == NEW]
+        refreshed = await refreshed_for(bus, NEW)
         (outcome,) = refreshed["nodes"]
         assert outcome["outcome"] == "stop_pending"
         assert "stop of v3.0.6 not confirmed" in outcome["detail"] and "502" in outcome["detail"]

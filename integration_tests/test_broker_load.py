@@ -25,9 +25,9 @@ from integration_tests.broker_stack import (
     BrokerProcess,
     MLNodeStack,
     RegistryProcess,
-    broker_refreshed,
     chain_start,
     chain_switch,
+    refreshed_for,
 )
 from integration_tests.support import eventually
 from shared.bus import Bus
@@ -130,7 +130,7 @@ async def test_50_requests_per_second_through_a_switch_with_a_2s_model_load_fail
         # rightly answers it.)
         assert {r.version for r in results if r.started + r.latency < switched_at} == {OLD}
         assert {r.version for r in results if r.started > switched_at + 3.5} == {NEW}
-        (refreshed,) = [r for r in await broker_refreshed(bus) if r["version"] == NEW]
+        refreshed = await refreshed_for(bus, NEW)
         assert [n["outcome"] for n in refreshed["nodes"]] == ["ready", "ready"]
         assert [len(stack.requests(OLD, route="/api/v1/stop", node=f"node-{i}")) for i in (0, 1)] == [1, 1]
 
@@ -197,7 +197,7 @@ async def test_200_nodes_in_fleet_mode_hand_over_concurrently(
         handover = seen[f"broker.refreshed:{NEW}"] - seen[f"version.changed:{NEW}"]
         assert broker.all_ready_on(NEW)
 
-        (refreshed,) = [r for r in await broker_refreshed(bus) if r["version"] == NEW]
+        refreshed = await refreshed_for(bus, NEW)
         assert len(refreshed["nodes"]) == nodes and {n["outcome"] for n in refreshed["nodes"]} == {"ready"}
         stops = stack.requests(OLD, route="/api/v1/stop", method="POST")
         assert sorted(s["node"] for s in stops) == sorted(f"node-{i}" for i in range(nodes))  # one each

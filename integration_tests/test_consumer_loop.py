@@ -21,11 +21,12 @@ STREAM_OF = {"chain": "CHAIN", "version": "VERSION", "broker": "BROKER"}
 
 
 def docs_examples() -> list[tuple[str, bytes]]:
-    """Every `nats pub SUBJECT 'PAYLOAD'` line in docs/events.md, as (subject, raw bytes)."""
+    """Every `nats [--context C] pub SUBJECT 'PAYLOAD'` line in docs/events.md, as (subject, raw bytes)."""
     examples = []
     for line in (REPO_ROOT / "docs" / "events.md").read_text().splitlines():
-        if line.startswith("nats pub "):
-            _, _, subject, payload = shlex.split(line)
+        words = shlex.split(line) if line.startswith("nats ") else []
+        if "pub" in words and len(words) == words.index("pub") + 3:
+            subject, payload = words[words.index("pub") + 1 :]
             examples.append((subject, payload.encode()))
     return examples
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import nats.errors
@@ -25,7 +25,7 @@ from integration_tests.service_procs import ServiceProcess
 from integration_tests.support import eventually
 from shared.bus import ALL_STREAMS, CHAIN_STREAM, VERSION_STREAM, Bus, BusError
 from shared.events import BlockCommitted, ChainVersionObserved, UpgradeScheduled, VersionChanged
-from shared.nats_config import DEFAULT_GRANTS, render_server_config
+from shared.nats_config import DEFAULT_GRANTS
 from shared.provisioning import provision
 from shared.settings import NatsSettings
 
@@ -43,39 +43,6 @@ FORGED: dict[str, tuple[str, bytes]] = {
         VersionChanged(transition_id="9-v6.6.6", current="v6.6.6", height=9).to_json(),
     ),  # type: ignore[arg-type]
 }
-
-
-@pytest.fixture
-def creds(tmp_path: Path) -> Credentials:
-    return Credentials.generate(tmp_path / "secrets")
-
-
-@pytest.fixture
-def secured_nats(tmp_path: Path, creds: Credentials) -> Iterator[EmbeddedNats]:
-    server = EmbeddedNats(
-        tmp_path / "nats",
-        config=lambda s: render_server_config(
-            server_name=s.name,
-            host=s.host,
-            port=s.port,
-            http_port=s.monitor_port,
-            store_dir=s.data_dir / "jetstream",
-            users=creds.users,
-        ),
-    )
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-async def admin(secured_nats: EmbeddedNats, creds: Credentials) -> AsyncIterator[Bus]:
-    provisioner = await Bus.connect(creds.settings(secured_nats.url, "provisioner"), "provisioner")
-    await provision(provisioner)
-    await provisioner.close()
-    bus = await Bus.connect(creds.settings(secured_nats.url, "admin"), "admin")
-    yield bus
-    await bus.close()
 
 
 async def connect_as(

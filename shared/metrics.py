@@ -6,7 +6,14 @@ never collide on metric names.
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 
 __all__ = ["PREFIX", "ServiceMetrics"]
 
@@ -47,6 +54,9 @@ class ServiceMetrics:
         self.event_handle_seconds = Histogram(
             f"{PREFIX}_event_handle_seconds", "Time spent in an event handler", ["subject"], registry=r
         )
+        # process_start_time_seconds (restarts), process_resident_memory_bytes, process_cpu_seconds_total,
+        # open fds: read from /proc at scrape time (nothing on a platform without it).
+        ProcessCollector(registry=r)
 
     def sample(self, name: str, **labels: str) -> float:
         """Current value of one sample (0 when it was never touched); for tests and status output."""

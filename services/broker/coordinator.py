@@ -40,6 +40,7 @@ from services.broker.stager import Stager
 from services.broker.staging import StagingPolicy
 from services.broker.status import BrokerStatus
 from services.broker.switch import SwitchRunner
+from services.broker.switch_log import SwitchHistory
 from services.broker.transition import change_from_event, change_from_registry
 from services.broker.upkeep import Upkeep
 from services.broker.work_book import WorkBook
@@ -89,8 +90,11 @@ class Coordinator:
         self.works = WorkBook(store.work)
         self.load_times = LoadTimeBook(store.load_times)
         runner = HandoffRunner(pool, gateway, self.works, self.load_times, clock=clock, sleep=sleep)
-        self.ledger = SwitchLedger(store.transition, publisher, metrics, wall=wall)
-        self.pending = PendingStopBook(store.pending, metrics, wall=wall)
+        self.history = SwitchHistory(store.switch_log)
+        self.ledger = SwitchLedger(store.transition, publisher, metrics, self.history, wall=wall)
+        self.pending = PendingStopBook(
+            store.pending, metrics, wall=wall, on_confirmed=self.history.stop_confirmed
+        )
         self.switch = SwitchRunner(
             pool,
             scheduler,
@@ -124,7 +128,9 @@ class Coordinator:
         self.nodes = NodeAdmin(
             store.nodes, pool, gateway, scheduler, self.pending, self.ledger, self.switch, self.upkeep
         )
-        self.status = BrokerStatus(pool, self.ledger, self.pending, self.prober, self.switch.running)
+        self.status = BrokerStatus(
+            pool, self.ledger, self.pending, self.prober, self.switch.running, registry, self.history, wall
+        )
         self.scheduler = scheduler
 
     @property

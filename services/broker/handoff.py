@@ -200,6 +200,8 @@ class Finish:
     confirmed: tuple[MLNodeVersion, ...]
     unconfirmed: tuple[UnconfirmedStop, ...]
     load_s: float | None = None  # the measured model load, when this handoff loaded one
+    stop_calls: int = 0  # stop calls sent, retries included
+    stop_s: float | None = None  # from the first stop call to the last stop confirmed or given up
 
     @property
     def work(self) -> str | None:
@@ -285,6 +287,9 @@ class Handoff:
     carry: Carry | None = None  # decided after the stops
     not_carried: str = ""  # why the node's work was not carried, when it was not
     conflict: bool = False  # inference/up answered 409 and the target's state is being read
+    stop_calls: int = 0  # what the stops needed, for the switch history
+    stop_started: float | None = None
+    stop_s: float | None = None
     after_wait: Command | None = field(default=None, compare=False)
 
     @property
@@ -313,6 +318,22 @@ def start(
 
 def advance(h: Handoff, obs: Observation, now: float) -> tuple[Handoff, Command]:
     """The next state and command, given what the last command observed."""
+    return _count_stops(*_advance(h, obs, now), now)
+
+
+def _count_stops(h: Handoff, cmd: Command, now: float) -> tuple[Handoff, Command]:
+    """Count the stop calls and time the stops, whatever path led to them."""
+    if isinstance(cmd, SendStop):
+        started = now if h.stop_started is None else h.stop_started
+        h = replace(h, stop_calls=h.stop_calls + 1, stop_started=started)
+    elif h.stop_started is not None and h.stop_s is None and not h.to_stop:
+        h = replace(h, stop_s=now - h.stop_started)
+        if isinstance(cmd, Finish):
+            cmd = replace(cmd, stop_calls=h.stop_calls, stop_s=h.stop_s)
+    return h, cmd
+
+
+def _advance(h: Handoff, obs: Observation, now: float) -> tuple[Handoff, Command]:
     if isinstance(obs, Woke):
         if h.after_wait is None:
             raise ValueError(f"woke in phase {h.phase} with nothing to resume")
@@ -526,4 +547,6 @@ def _finish(h: Handoff) -> tuple[Handoff, Finish]:
         confirmed=h.confirmed,
         unconfirmed=h.unconfirmed,
         load_s=h.load_s,
+        stop_calls=h.stop_calls,
+        stop_s=h.stop_s,
     )

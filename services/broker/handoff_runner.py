@@ -73,8 +73,14 @@ class HandoffRunner:
         model: tuple[str, tuple[str, ...]] | None,
         policy: HandoffPolicy,
         log_fields: dict[str, Any],
+        *,
+        show_phases: bool = True,
     ) -> Finish:
-        """One handoff of `node_id` to `target` (None: only stop), until the machine finishes."""
+        """One handoff of `node_id` to `target` (None: only stop), until the machine finishes.
+
+        `show_phases=False` for a check in the background (a serving node's upkeep, a pending
+        stop's retry): the node keeps showing the phase it is in, and how long it has been in it.
+        """
         work = self.works.get(node_id)
         h, cmd = handoff.start(node_id, target, stop, model, policy, self.clock(), work)
         while not isinstance(cmd, Finish):
@@ -82,7 +88,8 @@ class HandoffRunner:
             if slot is None:  # removed under us: nothing more to do on it
                 outcome = NodeOutcome(node_id=h.node_id, outcome="removed")
                 return Finish(outcome, serving=False, confirmed=h.confirmed, unconfirmed=())
-            self.pool.note_phase(h.node_id, SlotPhase(h.phase.value))
+            if show_phases:
+                self.pool.note_phase(h.node_id, SlotPhase(h.phase.value))
             if h.phase is Phase.BRING_UP and slot.ready:
                 self.pool.mark(h.node_id, ready=False, phase=SlotPhase.BRING_UP)  # it does not serve now
             obs = await self._execute(slot.config, cmd, policy)

@@ -10,7 +10,7 @@ import hmac
 from collections.abc import Sequence
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from services.broker.client_gone import disconnected
@@ -21,6 +21,7 @@ from services.broker.models import NodeConfig
 from services.broker.node_admin import NodeAdmin, NodeExists, NodeMissing
 from services.broker.node_endpoint import NodeEndpoint
 from services.broker.status import BrokerStatus
+from services.broker.status_page import status_page_routes
 from shared.ops_app import ReadinessCheck, add_ops_routes
 
 __all__ = ["create_app"]
@@ -42,6 +43,7 @@ def create_app(
         app.include_router(node_endpoint_routes(endpoint))
     app.include_router(admin_routes(coordinator.nodes, coordinator.status, admin_token))
     app.include_router(upgrade_routes(coordinator.status))
+    app.include_router(status_page_routes())
     add_ops_routes(app, metrics.base, readiness)
     return app
 
@@ -153,6 +155,16 @@ def upgrade_routes(view: BrokerStatus) -> APIRouter:
         body = report.model_dump(mode="json")
         body["all_ready"] = all(n.ready for n in report.nodes)
         return JSONResponse(body)
+
+    @router.get("/live")
+    async def upgrade_live() -> dict[str, Any]:
+        """Everything `mlnode-upgrade status --watch` and the status page show, in one document."""
+        return await view.live()
+
+    @router.get("/history")
+    async def upgrade_history(limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> dict[str, Any]:
+        """The broker's side of each switch: how long the handover took, what each stop needed."""
+        return await view.history(limit)
 
     @router.get("/status")
     async def upgrade_status() -> dict[str, Any]:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from services.broker.pool import NodePool
+from services.broker.transition import TransitionRecord
 from shared.metrics import PREFIX, ServiceMetrics
 
-__all__ = ["BrokerMetrics"]
+__all__ = ["BrokerMetrics", "SwitchView"]
 
 P = f"{PREFIX}_broker"
 _SLOW_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300, 600, float("inf"))
@@ -39,9 +41,55 @@ class _PoolCollector(Collector):
         yield nodes
 
 
+class SwitchView(Protocol):
+    """What the scrape reads of the switch; `services.broker.status.BrokerStatus` is one."""
+
+    @property
+    def record(self) -> TransitionRecord | None: ...
+
+    def switch_running(self) -> bool: ...
+
+
+class _SwitchCollector(Collector):
+    """The latest switch (running or last finished), read at scrape time from its record.
+
+    Nothing is exported before `BrokerMetrics.follow_switch`; after it, a broker that never
+    switched exports zeros. Timestamps are Unix seconds (the record's wall clock), 0 when unset.
+    """
+
+    def __init__(self) -> None:
+        self.view: SwitchView | None = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        running = GaugeMetricFamily(f"{P}_switch_running", "1 while a switch is being carried out")
+        height = GaugeMetricFamily(f"{P}_switch_height", "Height of the latest switch (0: none)")
+        nodes = GaugeMetricFamily(f"{P}_switch_nodes", "Nodes in scope of the latest switch")
+        remaining = GaugeMetricFamily(
+            f"{P}_switch_remaining_nodes", "Nodes of the latest switch without an outcome yet"
+        )
+        started = GaugeMetricFamily(
+            f"{P}_switch_started_timestamp_seconds", "When the latest switch began (Unix time; 0: none)"
+        )
+        finished = GaugeMetricFamily(
+            f"{P}_switch_finished_timestamp_seconds",
+            "When every node of the latest switch had an outcome (Unix time; 0: unfinished or none)",
+        )
+        view = self.view
+        if view is not None:
+            record = view.record
+            running.add_metric([], 1 if view.switch_running() else 0)
+            height.add_metric([], record.height if record else 0)
+            nodes.add_metric([], len(record.nodes) if record else 0)
+            remaining.add_metric([], len(record.remaining) if record else 0)
+            started.add_metric([], record.started_at if record else 0.0)
+            finished.add_metric([], (record.finished_at or 0.0) if record else 0.0)
+        yield from (running, height, nodes, remaining, started, finished)
+
+
 class BrokerMetrics:
     def __init__(self, metrics: ServiceMetrics, pool: NodePool | None = None) -> None:
         r = metrics.registry
+        self._switch = _SwitchCollector()
         self.base = metrics
         self.transition_seconds = Histogram(
             f"{P}_transition_seconds",
@@ -100,3 +148,8 @@ class BrokerMetrics:
             registry=r,
         )
         r.register(_PoolCollector(lambda: pool))
+        r.register(self._switch)
+
+    def follow_switch(self, view: SwitchView) -> None:
+        """Export the switch as `view` shows it (the coordinator's status, built after the metrics)."""
+        self._switch.view = view

@@ -1,5 +1,5 @@
 """What the broker persists in its JetStream KV bucket: nodes, pending stops, transition progress,
-the nodes' work.
+the nodes' work, their load times, a staging, and the history of switches.
 
 Each is one `shared.kv_document` document under one key, changed only by compare-and-swap and
 stored with its format version. Writes from this process are serialised per key, so the 200
@@ -14,6 +14,7 @@ from services.broker.load_times import LoadTimes
 from services.broker.models import NodeSet, PendingStops
 from services.broker.node_work import NodeWorks
 from services.broker.staging import StagedDocument
+from services.broker.switch_log import SwitchLog
 from services.broker.transition import TransitionRecord
 from shared.kv_document import Document, KvDocument, MemoryDocument, ModelCodec, OptionalCodec
 from shared.kv_store import VersionedStore
@@ -29,6 +30,7 @@ TRANSITION_KEY = "transition"
 WORK_KEY = "node_work"
 LOAD_TIMES_KEY = "load_times"
 STAGING_KEY = "staging"
+SWITCH_LOG_KEY = "switch_log"
 MAX_CAS_RETRIES = 10
 # The switch record and the load times are written once per finished handoff: at most this often,
 # so a 5,000-node switch writes its megabyte-sized record dozens of times, not thousands (each
@@ -45,6 +47,7 @@ class BrokerStore:
     work: Document[NodeWorks]
     load_times: Document[LoadTimes]
     staging: Document[StagedDocument]
+    switch_log: Document[SwitchLog]
 
 
 def kv_store(store: VersionedStore) -> BrokerStore:
@@ -81,6 +84,9 @@ def kv_store(store: VersionedStore) -> BrokerStore:
             StagedDocument(),
             max_attempts=MAX_CAS_RETRIES,
         ),
+        switch_log=KvDocument(
+            store, SWITCH_LOG_KEY, ModelCodec(SwitchLog, FORMAT), SwitchLog(), max_attempts=MAX_CAS_RETRIES
+        ),
     )
 
 
@@ -97,4 +103,5 @@ def memory_store(
         work=MemoryDocument(work or NodeWorks()),
         load_times=MemoryDocument(LoadTimes()),
         staging=MemoryDocument(StagedDocument()),
+        switch_log=MemoryDocument(SwitchLog()),
     )

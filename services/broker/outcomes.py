@@ -14,7 +14,8 @@ from typing import Any
 
 from services.broker.metrics import BrokerMetrics
 from services.broker.ports import Publisher
-from services.broker.transition import TransitionRecord
+from services.broker.switch_log import SwitchHistory
+from services.broker.transition import NodeStops, TransitionRecord
 from shared.events import NodeOutcome
 from shared.kv_document import Document
 from shared.logging import get_logger
@@ -45,10 +46,12 @@ class SwitchLedger:
         doc: Document[TransitionRecord | None],
         publisher: Publisher,
         metrics: BrokerMetrics,
+        history: SwitchHistory,
         *,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.doc = doc
+        self.history = history
         self.publisher = publisher
         self.metrics = metrics
         self.wall = wall
@@ -60,19 +63,38 @@ class SwitchLedger:
 
     async def begin(self, record: TransitionRecord) -> TransitionRecord | None:
         """Persisted before any node is touched: a restart resumes exactly this switch."""
-        self.record = await self.doc.mutate(lambda _: record, at_once=True)  # the route waits on it
+        superseded: list[TransitionRecord] = []
+
+        def supersede(old: TransitionRecord | None) -> TransitionRecord:
+            superseded.clear()  # called again on a compare-and-swap retry
+            if old is not None and not old.complete and old.transition_id != record.transition_id:
+                superseded.append(old)
+            return record
+
+        self.record = await self.doc.mutate(supersede, at_once=True)  # the route waits on it
+        for old in superseded:
+            await self.history.add(old)
         return self.record
 
-    async def record_outcome(self, record: TransitionRecord, outcome: NodeOutcome) -> None:
+    async def record_outcome(
+        self, record: TransitionRecord, outcome: NodeOutcome, stops: NodeStops | None = None
+    ) -> None:
         tid = record.transition_id
         now = self.wall()
+        finished: list[TransitionRecord] = []
 
         def update(current: TransitionRecord | None) -> TransitionRecord | None:
+            finished.clear()  # called again on a compare-and-swap retry
             if current is None or current.transition_id != tid:
                 return current  # superseded meanwhile
-            return current.with_outcome(outcome, now)
+            new = current.with_outcome(outcome, now, stops)
+            if new.complete and not current.complete:
+                finished.append(new)
+            return new
 
         self.record = await self.doc.mutate(update)
+        for done in finished:
+            await self.history.add(done)
         self.metrics.node_outcomes_total.labels(outcome=outcome.outcome).inc()
         level = logging.INFO if outcome.outcome in ("ready", "removed") else logging.WARNING
         log.log(

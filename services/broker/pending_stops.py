@@ -7,7 +7,7 @@ retrying it. A pending stop of the version that serves now is never kept (nor ev
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 from services.broker.handoff import Finish
@@ -26,11 +26,19 @@ class PendingStopBook:
     """Every change goes through here, so the `pending_stops` gauge always matches the document."""
 
     def __init__(
-        self, doc: Document[PendingStops], metrics: BrokerMetrics, *, wall: Callable[[], float] = time.time
+        self,
+        doc: Document[PendingStops],
+        metrics: BrokerMetrics,
+        *,
+        wall: Callable[[], float] = time.time,
+        on_confirmed: Callable[[str, str, int, float], Awaitable[None]] | None = None,
     ) -> None:
+        """`on_confirmed(transition_id, node_id, retries, at)`: a retried pending stop was confirmed."""
         self.doc = doc
         self.metrics = metrics
         self.wall = wall
+        self.on_confirmed = on_confirmed
+        self.retried = 0  # retries of pending stops by this process, for the live view
 
     async def _change(self, fn: Callable[[PendingStops], PendingStops]) -> PendingStops:
         pending = await self.doc.mutate(fn)
@@ -114,11 +122,15 @@ class PendingStopBook:
         return await self._change(drop)
 
     async def confirmed(self, stop: PendingStop) -> None:
+        self.retried += 1
         await self._change(lambda p: p.remove(stop.node_id, stop.version))
         self.metrics.stops_confirmed_total.inc()
+        if self.on_confirmed is not None:
+            await self.on_confirmed(stop.transition_id, stop.node_id, stop.attempts, self.wall())
 
     async def failed_again(self, stop: PendingStop, error: str) -> None:
         """One more attempt counted, unless the stop was dropped meanwhile."""
+        self.retried += 1
         await self._change(
             lambda p: (
                 p.add(stop.model_copy(update={"attempts": 1, "last_error": error[:2000]}))

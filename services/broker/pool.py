@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
@@ -65,7 +66,13 @@ class NodeSlot:
     ready: bool = False
     phase: SlotPhase = SlotPhase.STARTING
     in_flight: Counter[MLNodeVersion] = field(default_factory=Counter)
+    phase_since: float = field(default_factory=time.time)  # wall clock: when `phase` was entered
     judged: bool = False  # marked (ready or not) since this process took the node in
+
+    def enter(self, phase: SlotPhase) -> None:
+        if phase != self.phase:
+            self.phase = phase
+            self.phase_since = time.time()
 
     def load(self) -> NodeLoad:
         return NodeLoad(
@@ -96,6 +103,7 @@ class NodePool:
         # A rollback's first wave: versions whose ready nodes serve while the current one cannot.
         self.bridge: frozenset[MLNodeVersion] = frozenset()
         self._least_busy = LeastBusyIndex()  # kept in step with every change of a slot
+        self.served: Counter[MLNodeVersion] = Counter()  # leases given back, per version, since start
 
     def _signal(self) -> None:
         """Hand free capacity to waiting requests, then wake the drain waiters to re-check."""
@@ -192,7 +200,7 @@ class NodePool:
             return
         slot.ready = ready
         slot.judged = True
-        slot.phase = SlotPhase(phase)
+        slot.enter(SlotPhase(phase))
         if version is not None:
             slot.version = version
         self._changed_slot(slot)
@@ -202,10 +210,14 @@ class NodePool:
         """Record a step of a handoff. It wakes nobody: the phase only informs (readiness is `mark`)."""
         slot = self.slots.get(node_id)
         if slot is not None:
-            slot.phase = phase
+            slot.enter(phase)
 
     def loads(self) -> list[NodeLoad]:
         return [slot.load() for slot in self.slots.values()]
+
+    def held(self) -> int:
+        """Requests waiting for a node now."""
+        return sum(1 for future, _, _ in self._waiters if not future.done())
 
     def in_flight_by_version(self) -> Counter[MLNodeVersion]:
         total: Counter[MLNodeVersion] = Counter()
@@ -252,6 +264,7 @@ class NodePool:
 
     def release(self, lease: Lease) -> None:
         slot = self.slots.get(lease.node.id)
+        self.served[lease.version] += 1
         if slot is not None and slot.in_flight[lease.version] > 0:
             slot.in_flight[lease.version] -= 1
             if not slot.in_flight[lease.version]:

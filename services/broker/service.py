@@ -89,6 +89,7 @@ async def build_broker(settings: BrokerSettings, metrics: ServiceMetrics | None 
             broker_metrics,
             s.policies(),
         )
+        broker_metrics.follow_switch(coordinator.status)  # the switch gauges, read at scrape time
         await coordinator.start(seed)
     except BaseException:
         await book.aclose()

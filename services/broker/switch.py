@@ -20,7 +20,7 @@ from services.broker.outcomes import SwitchLedger, switch_fields
 from services.broker.pending_stops import PendingStopBook
 from services.broker.pool import STAGING_PHASES, NodePool, NodeSlot, SlotPhase
 from services.broker.scheduler import NodeScheduler
-from services.broker.transition import Change, TransitionRecord, begin, decide
+from services.broker.transition import Change, NodeStops, TransitionRecord, begin, decide
 from shared.events import NodeOutcome
 from shared.logging import get_logger
 from shared.versions import MLNodeVersion
@@ -236,7 +236,9 @@ class SwitchRunner:
         await self.pending.settle(
             node_id, record.transition_id, finish, lambda: self.pool.current, switch_fields(record)
         )
-        await self.ledger.record_outcome(record, finish.outcome)
+        await self.ledger.record_outcome(
+            record, finish.outcome, NodeStops(calls=finish.stop_calls, seconds=finish.stop_s)
+        )
 
     async def _hand_over(self, record: TransitionRecord, node_id: str, slot: NodeSlot) -> Finish:
         stop = record.stop

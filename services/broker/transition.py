@@ -24,6 +24,7 @@ __all__ = [
     "SEEN_MEMORY",
     "Change",
     "Decision",
+    "NodeStops",
     "TransitionRecord",
     "begin",
     "change_from_event",
@@ -45,6 +46,15 @@ class Change:
     reason: str = "plan"
 
 
+class NodeStops(BaseModel):
+    """What a node's stops needed in a switch: the calls sent (retries included) and how long."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    calls: int = 0
+    seconds: float | None = None
+
+
 class TransitionRecord(BaseModel):
     """The switch in progress (or the last one finished), persisted under one KV key."""
 
@@ -58,6 +68,7 @@ class TransitionRecord(BaseModel):
     reason: str = "plan"
     nodes: tuple[str, ...] = ()  # the nodes in scope when the switch began
     outcomes: dict[str, NodeOutcome] = {}
+    stops: dict[str, NodeStops] = {}  # per node, with its outcome; only where a stop was sent
     started_at: float = 0.0
     finished_at: float | None = None
     refreshed_published: bool = False
@@ -72,14 +83,29 @@ class TransitionRecord(BaseModel):
         return tuple(n for n in self.nodes if n not in self.outcomes)
 
     @property
+    def result(self) -> Literal["running", "done", "failed", "stop_pending"]:
+        """Still running, or how it ended: a failed node wins over a stop left pending."""
+        if not self.complete:
+            return "running"
+        outcomes = {o.outcome for o in self.outcomes.values()}
+        if "failed" in outcomes:
+            return "failed"
+        return "stop_pending" if "stop_pending" in outcomes else "done"
+
+    @property
     def needs_publish(self) -> bool:
         return self.complete and not self.refreshed_published
 
-    def with_outcome(self, outcome: NodeOutcome, now: float) -> TransitionRecord:
+    def with_outcome(
+        self, outcome: NodeOutcome, now: float, stops: NodeStops | None = None
+    ) -> TransitionRecord:
         """Record one node's outcome; the first outcome per node wins (a replay changes nothing)."""
         if outcome.node_id not in self.nodes or outcome.node_id in self.outcomes:
             return self
-        record = self.model_copy(update={"outcomes": {**self.outcomes, outcome.node_id: outcome}})
+        update: dict[str, object] = {"outcomes": {**self.outcomes, outcome.node_id: outcome}}
+        if stops is not None and stops.calls:
+            update["stops"] = {**self.stops, outcome.node_id: stops}
+        record = self.model_copy(update=update)
         if record.complete and record.finished_at is None:
             record = record.model_copy(update={"finished_at": now})
         return record

@@ -70,7 +70,13 @@ class Upkeep:
                 return None
             was_ready = slot.ready and slot.version == target
             finish = await self.runner.run(
-                node_id, target, (), slot.config.model, self.bring_up_policy, {"version": target.raw}
+                node_id,
+                target,
+                (),
+                slot.config.model,
+                self.bring_up_policy,
+                {"version": target.raw},
+                show_phases=not was_ready,
             )
             if self.pool.current != target:
                 return None
@@ -111,7 +117,7 @@ class Upkeep:
                 return None  # never stop the version that serves now
             log_fields = {"transition": stop.transition_id, "version": str(self.pool.current)}
             return await self.runner.run(
-                stop.node_id, None, (stop.version,), None, self.stop_policy, log_fields
+                stop.node_id, None, (stop.version,), None, self.stop_policy, log_fields, show_phases=False
             )
 
         finish = await self.scheduler.upkeep_turn(stop.node_id, turn)

@@ -289,6 +289,8 @@ class RegistryService:
         self.metrics.last_height.set(core.last_height)
         self.metrics.chain_height.set(core.chain_height)
         self.metrics.pending_plans.set(len(core.pending))
+        self.metrics.show_next_plan(core.pending, core.last_height)
+        self.metrics.show_last_used(core.last_used)
         self.metrics.handoff_pending.set(1 if core.view().handoff_needed else 0)
         self.metrics.current_version.clear()
         if core.current is not None:

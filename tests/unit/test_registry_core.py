@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from services.version_registry.core import (
@@ -441,13 +441,37 @@ def run_lenient(seq: Sequence[tuple[Command, int | None]], state: CoreState) -> 
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(commands, max_size=30))
+@example(  # found by hypothesis: a refreshed before its switch, replayed after it
+    seq=[
+        UpgradeScheduled(height=10, node_version=V8),
+        snap(V6),
+        BrokerRefreshed(transition_id="10-v3.0.8", version=V8),
+        BlockCommitted(height=10027),
+    ]
+)
 def test_any_sequence_replayed_gives_the_same_state(seq: list[Command]) -> None:
-    """Redelivering every bus event (and every accepted rollback, by its id) changes nothing."""
+    """Redelivering every bus event (and every accepted rollback, by its id) changes nothing.
+
+    Not redelivered: a `broker.refreshed` that came before its switch was made. The real broker
+    cannot send one (it answers the registry's own `version.changed`); a forged one is ignored,
+    and replayed after the switch it would rightly count.
+    """
     items = numbered(seq)
-    once = run_lenient(items, CoreState())
+    state, early = CoreState(), set()
+    for i, (command, n) in enumerate(items):
+        if isinstance(command, BrokerRefreshed) and command.transition_id not in {
+            *(t.transition_id for t in state.history),
+            state.current_transition,
+        }:
+            early.add(i)
+        with contextlib.suppress(RollbackRefused):
+            state = apply(state, command, NOW, n).state
+    once = state
     accepted = {t.transition_id for t in once.history}
     replay = [
-        (c, n) for c, n in items if not isinstance(c, Rollback) or f"rollback-{c.rollback_id}" in accepted
+        (c, n)
+        for i, (c, n) in enumerate(items)
+        if i not in early and (not isinstance(c, Rollback) or f"rollback-{c.rollback_id}" in accepted)
     ]
     assert run_lenient(replay, once) == once
 
